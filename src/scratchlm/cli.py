@@ -1,0 +1,350 @@
+"""The `scratchlm` command: one subcommand per pipeline stage, each a thin call into its module.
+
+    scratchlm data list | fetch NAME | prepare SOURCE... --tokenizer T --out DIR
+    scratchlm tokenizer train SOURCE... --vocab-size N --out T | encode | decode
+    scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
+    scratchlm generate RUN_DIR --prompt "..."
+    scratchlm eval RUN_DIR
+
+A user's mistake (ScratchLMError) is printed as one line with exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from scratchlm.errors import ScratchLMError
+
+# Heavy imports (torch, the model) happen inside the commands, so `--help` is instant.
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        args.handler(args, extra)
+    except ScratchLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `scratchlm generate ... | head`
+        return 0
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scratchlm", description="Build a large language model from scratch."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # data ------------------------------------------------------------------------------------
+    data = commands.add_parser("data", help="fetch corpora and turn text into token files")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_commands.add_parser("list", help="named corpora you can fetch")
+    p.set_defaults(handler=cmd_data_list)
+    p = data_commands.add_parser("fetch", help="download a named corpus into the cache")
+    p.add_argument("name", help="corpus name (see `scratchlm data list`)")
+    p.set_defaults(handler=cmd_data_fetch)
+    p = data_commands.add_parser("prepare", help="text -> train.bin / val.bin token files")
+    p.add_argument("sources", nargs="+", help="named corpora, text files or folders")
+    p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json to encode with")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=1337)
+    p.set_defaults(handler=cmd_data_prepare)
+
+    # tokenizer -------------------------------------------------------------------------------
+    tok = commands.add_parser("tokenizer", help="train and use a byte-level BPE tokenizer")
+    tok_commands = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    p = tok_commands.add_parser("train", help="train a tokenizer on text")
+    p.add_argument("sources", nargs="+", help="named corpora, text files or folders")
+    p.add_argument("--vocab-size", type=int, default=2048, help="including 256 bytes + specials")
+    p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 or a regex (default gpt4)")
+    p.add_argument(
+        "--special", action="append", default=None, help="special token (default <|endoftext|>)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="where to write tokenizer.json")
+    p.set_defaults(handler=cmd_tokenizer_train)
+    p = tok_commands.add_parser("encode", help="text -> token ids")
+    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("text", nargs="?", help="text to encode (default: read standard input)")
+    p.add_argument("--file", type=Path, help="encode this file instead")
+    p.add_argument(
+        "--allow-special", action="store_true", help="turn <|endoftext|> etc. into special tokens"
+    )
+    p.set_defaults(handler=cmd_tokenizer_encode)
+    p = tok_commands.add_parser("decode", help="token ids -> text")
+    p.add_argument("--tokenizer", required=True, type=Path)
+    p.add_argument("ids", nargs="*", help="token ids (default: read standard input)")
+    p.set_defaults(handler=cmd_tokenizer_decode)
+
+    # train -----------------------------------------------------------------------------------
+    p = commands.add_parser(
+        "train",
+        help="pretrain a GPT (data -> tokenizer -> model)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_config_help(),
+    )
+    p.add_argument("--config", type=Path, help="TOML recipe, e.g. configs/demo.toml")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run of the same name"
+    )
+    p.add_argument("--no-samples", action="store_true", help="skip the samples at the end")
+    p.set_defaults(handler=cmd_train)
+
+    # generate --------------------------------------------------------------------------------
+    p = commands.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", default=None, help="text to continue (default: the run's prompts)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k likeliest tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1.0: off)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
+    p.add_argument("--no-cache", action="store_true", help="recompute attention every step")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=cmd_generate)
+
+    # eval ------------------------------------------------------------------------------------
+    p = commands.add_parser("eval", help="validation loss and perplexity of a trained run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
+    p.add_argument("--batches", type=int, default=None, help="validation batches to average")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def _config_help() -> str:
+    from scratchlm.config import SECTIONS, RunConfig
+
+    lines = ["config keys (set in the TOML file or as --section.key VALUE):"]
+    defaults = RunConfig()
+    for section in SECTIONS:
+        obj = getattr(defaults, section)
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            lines.append(f"  --{section}.{f.name:<20} {kind:<8} default {getattr(obj, f.name)!r}")
+    return "\n".join(lines)
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, list[str]], None]
+
+
+def cmd_data_list(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.sources import list_corpora
+
+    for info in list_corpora():
+        print(f"{info['name']:<14} {info['licence']:<22} {info['description']}")
+
+
+def cmd_data_fetch(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.sources import fetch_corpus
+
+    folder = fetch_corpus(args.name)
+    files = sorted(folder.glob("*.txt"))
+    size = sum(f.stat().st_size for f in files)
+    print(f"{args.name}: {len(files)} documents, {size / 1e6:.2f} MB in {folder}")
+
+
+def cmd_data_prepare(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.documents import read_documents
+    from scratchlm.data.prepare import prepare_tokens
+    from scratchlm.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.load(args.tokenizer)
+    documents = read_documents(args.sources)
+    meta = prepare_tokens(documents, tokenizer, args.out, args.val_fraction, args.seed)
+    print(
+        f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens "
+        f"to {args.out}"
+    )
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.documents import read_documents
+    from scratchlm.tokenizer import BPETokenizer, resolve_pattern
+
+    pattern = resolve_pattern(args.pattern)
+    specials = args.special if args.special is not None else ["<|endoftext|>"]
+    if args.vocab_size < 256 + len(specials):
+        raise ScratchLMError(
+            f"--vocab-size {args.vocab_size} is too small: it must hold 256 byte tokens + "
+            f"{len(specials)} special tokens = {256 + len(specials)}"
+        )
+    documents = read_documents(args.sources)
+    tokenizer = BPETokenizer.train(
+        documents, args.vocab_size, pattern=pattern, special_tokens=specials, progress=True
+    )
+    tokenizer.save(args.out)
+    tokenizer.save_vocab(args.out.with_suffix(".vocab"))
+    print(f"saved a {tokenizer.vocab_size:,}-token tokenizer to {args.out}")
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.load(args.tokenizer)
+    if args.file is not None:
+        text = _read_text_file(args.file)
+    elif args.text is not None:
+        text = args.text
+    else:
+        text = sys.stdin.read()
+    ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else "none")
+    print(" ".join(map(str, ids)))
+
+
+def cmd_tokenizer_decode(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.load(args.tokenizer)
+    words = args.ids or sys.stdin.read().split()
+    try:
+        ids = [int(w) for w in words]
+    except ValueError:
+        bad = next(w for w in words if not w.lstrip("-").isdigit())
+        raise ScratchLMError(f"token ids must be whole numbers, got {bad!r}") from None
+    sys.stdout.write(tokenizer.decode(ids) + "\n")
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.config import load_config
+    from scratchlm.run_dir import RunPaths, load_run_config, prepare_run
+    from scratchlm.train.loop import train_model
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise ScratchLMError("--resume continues a run with its own config; drop --config")
+        config = load_run_config(args.resume, extra)
+        if not RunPaths(config.run_dir).is_prepared():
+            raise ScratchLMError(f"{args.resume} has no prepared data; start it again without --resume")
+        result = train_model(config, resume=True)
+    else:
+        config = load_config(args.config, extra)
+        prepare_run(config, overwrite=args.overwrite)
+        result = train_model(config)
+    if result.interrupted:
+        return
+    if result.val_loss is not None:
+        from scratchlm.eval.perplexity import perplexity
+
+        print(
+            f"done: {result.steps:,} steps in {result.seconds:.0f}s | val loss "
+            f"{result.val_loss:.4f} | val perplexity {perplexity(result.val_loss):.2f}"
+        )
+    print(f"run saved in {config.run_dir} (loss plot: {RunPaths(config.run_dir).loss_plot})")
+    if not args.no_samples:
+        _print_samples(config.run_dir, out_file=RunPaths(config.run_dir).samples)
+
+
+def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
+    _print_samples(
+        args.run_dir,
+        prompt=args.prompt,
+        overrides={
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "seed": args.seed,
+        },
+        num_samples=args.num_samples,
+        checkpoint=args.checkpoint,
+        use_cache=not args.no_cache,
+        device=args.device,
+    )
+
+
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.loader import TokenBatches
+    from scratchlm.devices import resolve_device
+    from scratchlm.eval.perplexity import evaluate_loss, perplexity
+    from scratchlm.run_dir import RunPaths, load_trained_model
+    from scratchlm.train.loop import _token_dtype
+
+    device = resolve_device(args.device)
+    config, _, model = load_trained_model(args.run_dir, args.checkpoint, device)
+    paths = RunPaths(config.run_dir)
+    batches = TokenBatches(
+        paths.data / "val.bin",
+        config.model.block_size,
+        config.train.batch_size,
+        dtype=_token_dtype(paths),
+        seed=0,
+        device=str(device),
+    )
+    n = args.batches or config.train.eval_batches
+    loss = evaluate_loss(model, batches.eval_batches(n))
+    print(f"val loss {loss:.4f} | val perplexity {perplexity(loss):.2f} ({n} batches)")
+
+
+def _print_samples(
+    run_dir: Path,
+    prompt: str | None = None,
+    overrides: dict[str, object] | None = None,
+    num_samples: int = 1,
+    checkpoint: Path | None = None,
+    use_cache: bool = True,
+    device: str = "cpu",
+    out_file: Path | None = None,
+) -> None:
+    from scratchlm.atomic_files import atomic_write_text
+    from scratchlm.devices import resolve_device
+    from scratchlm.run_dir import load_trained_model
+    from scratchlm.text_generation import sample_text
+
+    config, tokenizer, model = load_trained_model(run_dir, checkpoint, resolve_device(device))
+    sample_config = config.sample
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(sample_config, key, value)
+    sample_config.validate()
+    if prompt is not None and prompt == "":
+        raise ScratchLMError("--prompt is empty; give some text to continue")
+    prompts = [prompt] if prompt is not None else sample_config.prompts
+    written = []
+    base_seed = sample_config.seed
+    for i, text in enumerate(prompts * num_samples):
+        sample_config.seed = base_seed + i  # each sample its own, reproducible, draw
+        print(f"\n--- sample {i + 1} ---")
+        sys.stdout.write(text)
+        completion = sample_text(model, tokenizer, text, sample_config, out=sys.stdout, use_cache=use_cache)
+        print()
+        written.append(f"--- sample {i + 1} ---\n{text}{completion}\n")
+    if out_file is not None:
+        atomic_write_text(out_file, "\n".join(written))
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScratchLMError(f"no such file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ScratchLMError(
+            f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
+        ) from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

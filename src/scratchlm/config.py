@@ -1,0 +1,373 @@
+"""Typed configuration: one dataclass per pipeline stage, TOML recipes and dotted overrides.
+
+A recipe (configs/*.toml) has one table per section:
+
+    [model]
+    n_layer = 4
+    [train]
+    max_steps = 2000
+
+and any key can be overridden on the command line as `--train.max_steps 100`. Every key and
+value is checked against the dataclasses below; a mistake is one ScratchLMError naming the file,
+the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from scratchlm.errors import ScratchLMError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder-only transformer (defaults: GPT-2 124M)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # context length in tokens
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has them
+    pos_encoding: Literal["learned", "rope"] = "learned"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ScratchLMError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ScratchLMError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"try n_head in {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ScratchLMError(
+                f"RoPE needs an even head size, but n_embd / n_head = {self.head_dim}; "
+                "change model.n_embd or model.n_head"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ScratchLMError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_base <= 0 or self.norm_eps <= 0:
+            raise ScratchLMError("model.rope_base and model.norm_eps must be positive")
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Exact GPT-2 shapes (the 124M one matches HF's GPT2LMHeadModel: 124,439,808 parameters).
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-355m": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1558m": dict(n_layer=48, n_head=25, n_embd=1600),
+    # Small models that train on a laptop CPU.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
+    "small": dict(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=2048),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ScratchLMError(
+            f"unknown model preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}"
+        )
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and how it is split."""
+
+    # A named corpus (see `scratchlm data list`) or paths to text files / folders.
+    sources: list[str] = field(default_factory=lambda: ["shakespeare"])
+    val_fraction: float = 0.05  # share of documents held out for validation
+    seed: int = 1337
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ScratchLMError("data.sources is empty; name a corpus or give text files")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ScratchLMError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE trained on the run's own training text."""
+
+    vocab_size: int = 2048  # including the 256 byte tokens and the special tokens
+    pattern: str = "gpt4"  # "gpt2", "gpt4" or a regex of your own
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    max_train_chars: int = 0  # train on at most this many characters (0: all)
+
+    def validate(self) -> None:
+        minimum = 256 + len(self.special_tokens)
+        if self.vocab_size < minimum:
+            raise ScratchLMError(
+                f"tokenizer.vocab_size ({self.vocab_size}) must be at least 256 byte tokens "
+                f"+ {len(self.special_tokens)} special tokens = {minimum}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """The pretraining loop: AdamW, warmup + cosine schedule, clipping, accumulation."""
+
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4  # the cosine schedule decays to this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # applied to matrices only (not biases, norms or embeddings)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 200  # steps between validation passes
+    eval_batches: int = 20  # micro-batches per validation pass
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2  # keep this many recent checkpoints (plus the final one)
+    seed: int = 1337
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # autocast precision for matmuls
+    compile: bool = False
+
+    def validate(self) -> None:
+        for name in (
+            "batch_size",
+            "grad_accum_steps",
+            "max_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) < 1:
+                raise ScratchLMError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ScratchLMError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ScratchLMError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ScratchLMError(
+                f"train.min_lr ({self.min_lr}) must be between 0 and train.learning_rate "
+                f"({self.learning_rate})"
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ScratchLMError("train.beta1 and train.beta2 must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ScratchLMError("train.weight_decay and train.grad_clip must be >= 0")
+
+
+@dataclass
+class SampleConfig:
+    """What `generate` does by default, and the samples printed after training."""
+
+    prompts: list[str] = field(default_factory=lambda: ["\n"])
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0  # 0: no top-k filtering
+    top_p: float = 1.0  # 1.0: no nucleus filtering
+    seed: int = 1337
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ScratchLMError(f"sample.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ScratchLMError(f"sample.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ScratchLMError(f"sample.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ScratchLMError(f"sample.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; saved as runs/<name>/config.toml."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ScratchLMError(f"name must be a plain folder name, got {self.name!r}")
+        for section in (self.model, self.data, self.tokenizer, self.train, self.sample):
+            section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS = ("model", "data", "tokenizer", "train", "sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: TOML file -> dict -> checked dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML recipe (or start from defaults), apply `--section.key value` overrides, check."""
+    config = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ScratchLMError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ScratchLMError(f"{path}: not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise ScratchLMError(f"{path}: not UTF-8 text") from None
+        config = config_from_dict(raw, where=str(path))
+    if overrides:
+        apply_overrides(config, overrides)
+    config.validate()
+    return config
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    config = RunConfig()
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ScratchLMError(f"{where}: [{key}] must be a table of keys")
+            section = getattr(config, key)
+            for sub_key, sub_value in value.items():
+                _set_field(section, sub_key, sub_value, where=where, prefix=f"{key}.")
+        else:
+            _set_field(config, key, value, where=where, prefix="")
+    return config
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> None:
+    """Apply ["--train.max_steps", "100", "--model.bias=false", ...] to `config` in place."""
+    args = list(overrides)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ScratchLMError(f"unexpected argument {arg!r}; overrides look like --train.max_steps 100")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ScratchLMError(f"--{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        target: Any = config
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] in SECTIONS:
+            target = getattr(config, parts[0])
+            name, prefix = parts[1], f"{parts[0]}."
+        elif len(parts) == 1:
+            name, prefix = parts[0], ""
+        else:
+            raise ScratchLMError(
+                f"unknown option --{key}; sections are {', '.join(SECTIONS)} (e.g. --train.max_steps)"
+            )
+        _set_field(target, name, _parse_cli_value(target, name, value, prefix), "command line", prefix)
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _parse_cli_value(target: Any, name: str, text: str, prefix: str) -> Any:
+    types_ = _field_types(target)
+    if name not in types_:
+        return text  # _set_field reports the unknown key with suggestions
+    kind = types_[name]
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ScratchLMError(f"--{prefix}{name} takes true or false, got {text!r}")
+    if kind is int or kind is float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ScratchLMError(f"--{prefix}{name} takes a number, got {text!r}") from None
+    if origin is list:
+        return [part for part in text.split(",") if part != ""]
+    return text
+
+
+def _set_field(target: Any, name: str, value: Any, where: str, prefix: str) -> None:
+    types_ = _field_types(target)
+    settable = {f.name for f in dataclasses.fields(target)} - set(SECTIONS)
+    if name not in settable:
+        close = difflib.get_close_matches(name, sorted(settable), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ScratchLMError(
+            f"{where}: unknown key {prefix}{name}{hint}; valid keys: {', '.join(sorted(settable))}"
+        )
+    kind = types_[name]
+    setattr(target, name, _check_type(value, kind, f"{where}: {prefix}{name}"))
+
+
+def _check_type(value: Any, kind: Any, what: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ScratchLMError(
+                f"{what} = {value!r} is not allowed; choose one of {', '.join(map(repr, choices))}"
+            )
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ScratchLMError(f"{what} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScratchLMError(f"{what} must be a whole number, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScratchLMError(f"{what} must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ScratchLMError(f"{what} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        (item_kind,) = typing.get_args(kind)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ScratchLMError(f"{what} must be a list, got {value!r}")
+        return [_check_type(v, item_kind, what) for v in value]
+    if isinstance(kind, types.UnionType):  # pragma: no cover - no such fields yet
+        return value
+    raise TypeError(f"unsupported config field type {kind!r}")  # a bug in this file, not the user's

