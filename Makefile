@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scratchlm demo
+	$(BIN)/scratchlm train --config configs/demo.toml --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
