@@ -48,7 +48,10 @@ def test_toml_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[model]\nn_layers = 2\n", r"unknown key model\.n_layers \(did you mean model\.n_layer\?\)"),
+        (
+            "[model]\nn_layers = 2\n",
+            r"unknown key model\.n_layers \(did you mean model\.n_layer\?\)",
+        ),
         ("[modle]\n", "unknown key modle"),
         ("[model]\nn_layer = 'two'\n", "model.n_layer must be a whole number"),
         ("[model]\npos_encoding = 'alibi'\n", "choose one of 'learned', 'rope'"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -34,16 +33,6 @@ def make_model(pos_encoding: Literal["learned", "rope"] = "learned", seed: int =
 
 
 PROMPT = [5, 17, 3, 88, 42, 0, 61, 9, 23, 70]  # 10 tokens
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # These models are tiny: with 2+ intra-op threads the thread hand-offs cost more than the
-    # math, and on a busy machine the tests run up to 30x slower. One thread, then restore.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------

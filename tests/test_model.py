@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,16 +12,6 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT, KVCache
 
 POS_ENCODINGS = ["learned", "rope"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # These models are tiny: with 2+ intra-op threads the thread hand-offs cost more than the
-    # math, and on a busy machine the tests run up to 30x slower. One thread, then restore.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def small_config(pos_encoding: str = "learned", **overrides: object) -> ModelConfig:

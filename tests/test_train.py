@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 from pathlib import Path
@@ -79,8 +80,8 @@ def test_schedule_warmup_then_cosine_to_min_lr() -> None:
     lrs = [learning_rate_at(s, tc) for s in range(110)]
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10], strict=False))  # rising warmup
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then never rising
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))  # rising warmup
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # then never rising
     assert lrs[60] == pytest.approx(0.55)  # halfway through the cosine
     assert learning_rate_at(110, tc) == pytest.approx(0.1)
     assert learning_rate_at(500, tc) == pytest.approx(0.1)
@@ -158,7 +159,9 @@ def test_resume_continues_the_same_run_exactly(tmp_path: Path) -> None:
     assert lrs_resumed == lrs_straight  # the log was cut at step 10 and continued, not doubled
 
     _, _, resumed = load_trained_model(config.run_dir)
-    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+    for (name, p), q in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
 
 
@@ -174,7 +177,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ScratchLMError, match="corrupted"):
         load_trained_model(config.run_dir)
     weights.write_bytes(bytes(data[:100]))
-    with pytest.raises(ScratchLMError, match="checksum|truncated|corrupted"):
+    with pytest.raises(ScratchLMError, match=r"checksum|truncated|corrupted"):
         load_trained_model(config.run_dir)
 
 

@@ -274,7 +274,9 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> None:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ScratchLMError(f"unexpected argument {arg!r}; overrides look like --train.max_steps 100")
+            raise ScratchLMError(
+                f"unexpected argument {arg!r}; overrides look like --train.max_steps 100"
+            )
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if i + 1 >= len(args):
@@ -293,7 +295,9 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> None:
             raise ScratchLMError(
                 f"unknown option --{key}; sections are {', '.join(SECTIONS)} (e.g. --train.max_steps)"
             )
-        _set_field(target, name, _parse_cli_value(target, name, value, prefix), "command line", prefix)
+        _set_field(
+            target, name, _parse_cli_value(target, name, value, prefix), "command line", prefix
+        )
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

@@ -91,9 +91,7 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
         special_tokens=config.tokenizer.special_tokens,
         progress=True,
     )
-    print(
-        f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s"
-    )
+    print(f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s")
     paths.root.mkdir(parents=True, exist_ok=True)
     tokenizer.save(paths.tokenizer)
     tokenizer.save_vocab(paths.root / "tokenizer.vocab")
@@ -105,9 +103,7 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
         val_fraction=config.data.val_fraction,
         seed=config.data.seed,
     )
-    print(
-        f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens"
-    )
+    print(f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens")
     config.model.vocab_size = tokenizer.vocab_size
     atomic_write_text(paths.config, config.to_toml())
     return tokenizer

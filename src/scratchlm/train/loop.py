@@ -90,7 +90,10 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         )
 
     def rng_states() -> dict[str, torch.Tensor]:
-        return {"torch": torch.get_rng_state(), "train_loader": train_batches.state_dict()["generator_state"]}
+        return {
+            "torch": torch.get_rng_state(),
+            "train_loader": train_batches.state_dict()["generator_state"],
+        }
 
     def checkpoint() -> Path:
         return save_checkpoint(
@@ -99,9 +102,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
 
     def validate() -> float:
         loss = evaluate_loss(model, val_batches.eval_batches(tc.eval_batches), autocast)
-        metrics.append(
-            {"step": state.step, "val_loss": loss, "val_perplexity": perplexity(loss)}
-        )
+        metrics.append({"step": state.step, "val_loss": loss, "val_perplexity": perplexity(loss)})
         if state.best_val_loss is None or loss < state.best_val_loss:
             state.best_val_loss = loss
         return loss
@@ -162,7 +163,9 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
                         "elapsed_s": now - start,
                     }
                 )
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.1e}")
+                bar.set_postfix(
+                    loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.1e}"
+                )
             if state.step % tc.eval_interval == 0 or state.step == tc.max_steps:
                 val_loss = validate()
                 bar.write(
