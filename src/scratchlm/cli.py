@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_config_help(),
     )
     p.add_argument("--config", type=Path, help="TOML recipe, e.g. configs/demo.toml")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint"
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing run of the same name"
     )
@@ -154,7 +156,8 @@ def cmd_data_list(args: argparse.Namespace, extra: list[str]) -> None:
     from scratchlm.data.sources import list_corpora
 
     for info in list_corpora():
-        print(f"{info['name']:<14} {info['licence']:<22} {info['description']}")
+        status = "cached" if info.cached else "not fetched"
+        print(f"{info.name:<14} {status:<12} {info.licence:<36} {info.description}")
 
 
 def cmd_data_fetch(args: argparse.Namespace, extra: list[str]) -> None:
@@ -203,13 +206,15 @@ def cmd_tokenizer_train(args: argparse.Namespace, extra: list[str]) -> None:
 def cmd_tokenizer_encode(args: argparse.Namespace, extra: list[str]) -> None:
     from scratchlm.tokenizer import BPETokenizer
 
+    if args.file is not None and args.text is not None:
+        raise ScratchLMError("give the text or --file, not both")
     tokenizer = BPETokenizer.load(args.tokenizer)
     if args.file is not None:
         text = _read_text_file(args.file)
     elif args.text is not None:
         text = args.text
     else:
-        text = sys.stdin.read()
+        text = _decode_utf8(sys.stdin.buffer.read(), "standard input")
     ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else "none")
     print(" ".join(map(str, ids)))
 
@@ -218,29 +223,51 @@ def cmd_tokenizer_decode(args: argparse.Namespace, extra: list[str]) -> None:
     from scratchlm.tokenizer import BPETokenizer
 
     tokenizer = BPETokenizer.load(args.tokenizer)
-    words = args.ids or sys.stdin.read().split()
+    words = args.ids or _decode_utf8(sys.stdin.buffer.read(), "standard input").split()
     try:
         ids = [int(w) for w in words]
     except ValueError:
         bad = next(w for w in words if not w.lstrip("-").isdigit())
         raise ScratchLMError(f"token ids must be whole numbers, got {bad!r}") from None
-    sys.stdout.write(tokenizer.decode(ids) + "\n")
+    # Exactly the decoded text, so `encode --file f | decode > g` gives g == f; a newline is
+    # added only on a terminal, to keep the shell prompt off the end of the text.
+    sys.stdout.write(tokenizer.decode(ids) + ("\n" if sys.stdout.isatty() else ""))
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
-    from scratchlm.config import load_config
-    from scratchlm.run_dir import RunPaths, load_run_config, prepare_run
-    from scratchlm.train.loop import train_model
-
     if args.resume is not None:
         if args.config is not None:
             raise ScratchLMError("--resume continues a run with its own config; drop --config")
+        from scratchlm.run_dir import RunPaths, load_run_config
+        from scratchlm.train.loop import train_model
+
+        for word in extra:
+            if word.startswith("--") and not word.startswith(("--train.", "--sample.")):
+                raise ScratchLMError(
+                    f"{word.split('=')[0]} cannot change when resuming (the data, tokenizer and "
+                    "model are fixed by the checkpoint); only --train.* and --sample.* can"
+                )
         config = load_run_config(args.resume, extra)
-        if not RunPaths(config.run_dir).is_prepared():
-            raise ScratchLMError(f"{args.resume} has no prepared data; start it again without --resume")
+        paths = RunPaths(config.run_dir)
+        if not paths.is_prepared():
+            raise ScratchLMError(
+                f"{args.resume} has no prepared data; start it again without --resume"
+            )
+        if extra:  # remember e.g. a longer --train.max_steps for the next resume
+            from scratchlm.atomic_files import atomic_write_text
+
+            atomic_write_text(paths.config, config.to_toml())
         result = train_model(config, resume=True)
+        if result.new_steps == 0:
+            return
     else:
+        from scratchlm.config import load_config
+
+        # Check the config before importing torch, so a typo is reported at once.
         config = load_config(args.config, extra)
+        from scratchlm.run_dir import RunPaths, prepare_run
+        from scratchlm.train.loop import train_model
+
         prepare_run(config, overwrite=args.overwrite)
         result = train_model(config)
     if result.interrupted:
@@ -258,6 +285,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
+    if args.num_samples < 1:
+        raise ScratchLMError(f"--num-samples must be at least 1, got {args.num_samples}")
     _print_samples(
         args.run_dir,
         prompt=args.prompt,
@@ -276,6 +305,8 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
+    if args.batches is not None and args.batches < 1:
+        raise ScratchLMError(f"--batches must be at least 1, got {args.batches}")
     from scratchlm.data.loader import TokenBatches
     from scratchlm.devices import resolve_device
     from scratchlm.eval.perplexity import evaluate_loss, perplexity
@@ -293,7 +324,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
         seed=0,
         device=str(device),
     )
-    n = args.batches or config.train.eval_batches
+    n = args.batches if args.batches is not None else config.train.eval_batches
     loss = evaluate_loss(model, batches.eval_batches(n))
     print(f"val loss {loss:.4f} | val perplexity {perplexity(loss):.2f} ({n} batches)")
 
@@ -328,7 +359,9 @@ def _print_samples(
         sample_config.seed = base_seed + i  # each sample its own, reproducible, draw
         print(f"\n--- sample {i + 1} ---")
         sys.stdout.write(text)
-        completion = sample_text(model, tokenizer, text, sample_config, out=sys.stdout, use_cache=use_cache)
+        completion = sample_text(
+            model, tokenizer, text, sample_config, out=sys.stdout, use_cache=use_cache
+        )
         print()
         written.append(f"--- sample {i + 1} ---\n{text}{completion}\n")
     if out_file is not None:
@@ -336,13 +369,25 @@ def _print_samples(
 
 
 def _read_text_file(path: Path) -> str:
+    # Bytes, then decode: text mode would turn \r\n into \n, and `encode --file` must see the
+    # file exactly as it is.
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScratchLMError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ScratchLMError(f"{path} is a folder, not a text file") from None
+    except OSError as e:
+        raise ScratchLMError(f"cannot read {path}: {e.strerror}") from None
+    return _decode_utf8(data, str(path))
+
+
+def _decode_utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ScratchLMError(
-            f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
+            f"{where} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
         ) from None
 
 

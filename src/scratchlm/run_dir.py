@@ -67,15 +67,14 @@ class RunPaths:
 def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
     """Read the corpus, train the tokenizer, write token files and config.toml into the run dir."""
     paths = RunPaths(config.run_dir)
-    if paths.root.exists():
-        if list_checkpoints(paths.root) and not overwrite:
-            raise ScratchLMError(
-                f"{paths.root} already holds a trained run; continue it with "
-                f"`scratchlm train --resume {paths.root}`, pick another --name, or pass "
-                "--overwrite to replace it"
-            )
-        if overwrite:
-            shutil.rmtree(paths.root)
+    if list_checkpoints(paths.root) and not overwrite:
+        raise ScratchLMError(
+            f"{paths.root} already holds a trained run; continue it with "
+            f"`scratchlm train --resume {paths.root}`, pick another --name, or pass "
+            "--overwrite to replace it"
+        )
+    # Everything that can fail on bad input (corpus, pattern, tokenizer) happens before an old
+    # run is removed, so a mistake never costs the user a trained model.
     pattern = resolve_pattern(config.tokenizer.pattern)  # fail on a bad regex before any work
     documents = read_documents(config.data.sources)
     print(f"corpus: {len(documents):,} documents, {sum(map(len, documents)):,} characters")
@@ -92,6 +91,8 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
         progress=True,
     )
     print(f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s")
+    if overwrite and paths.root.exists():
+        shutil.rmtree(paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     tokenizer.save(paths.tokenizer)
     tokenizer.save_vocab(paths.root / "tokenizer.vocab")

@@ -30,7 +30,7 @@ def sample_text(
     if dropped:
         print(
             f"note: the prompt is {len(prompt_ids)} tokens but the context holds "
-            f"{model.config.block_size}; using its last {len(kept)} tokens",
+            f"{model.config.block_size}; cropped it to its last {len(kept)} tokens",
             file=sys.stderr,
         )
     stop_ids = [tokenizer.special_tokens[s] for s in tokenizer.special_tokens]

@@ -35,7 +35,8 @@ from scratchlm.train.schedule import learning_rate_at
 
 @dataclass
 class TrainResult:
-    steps: int
+    steps: int  # optimizer steps of the run so far
+    new_steps: int  # of which this call made
     val_loss: float | None
     interrupted: bool
     checkpoint: Path | None
@@ -76,6 +77,12 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         torch.set_rng_state(rng["torch"])
         train_batches.load_state_dict({"generator_state": rng["train_loader"]})
         metrics.truncate_after(state.step)
+        if state.step >= tc.max_steps:
+            print(
+                f"{paths.root} is already trained to step {state.step:,} (train.max_steps is "
+                f"{tc.max_steps:,}); nothing to do. Raise --train.max_steps to continue."
+            )
+            return TrainResult(state.step, 0, None, False, last, 0.0)
         print(f"resuming from {last} (step {state.step:,} of {tc.max_steps:,})")
     elif not resume:
         metrics.path.unlink(missing_ok=True)
@@ -109,6 +116,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
 
     model.train()
     start = time.perf_counter()
+    first_step = state.step
     val_loss: float | None = None
     last_checkpoint: Path | None = None
     interrupted = False
@@ -188,6 +196,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         )
     return TrainResult(
         steps=state.step,
+        new_steps=state.step - first_step,
         val_loss=val_loss,
         interrupted=interrupted,
         checkpoint=last_checkpoint,
