@@ -311,7 +311,6 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
     from scratchlm.devices import resolve_device
     from scratchlm.eval.perplexity import evaluate_loss, perplexity
     from scratchlm.run_dir import RunPaths, load_trained_model
-    from scratchlm.train.loop import _token_dtype
 
     device = resolve_device(args.device)
     config, _, model = load_trained_model(args.run_dir, args.checkpoint, device)
@@ -320,7 +319,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
         paths.data / "val.bin",
         config.model.block_size,
         config.train.batch_size,
-        dtype=_token_dtype(paths),
+        dtype=paths.token_dtype(),
         seed=0,
         device=str(device),
     )

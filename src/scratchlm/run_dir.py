@@ -12,6 +12,7 @@ so it can be resumed, evaluated or sampled from without any other input.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -57,11 +58,14 @@ class RunPaths:
     def samples(self) -> Path:
         return self.root / "samples.txt"
 
+    def token_dtype(self) -> str:
+        """The dtype of data/train.bin and val.bin (uint16 or uint32), from data/meta.json."""
+        meta = json.loads((self.data / "meta.json").read_text(encoding="utf-8"))
+        return str(meta["dtype"])
+
     def is_prepared(self) -> bool:
-        return all(
-            p.is_file()
-            for p in (self.config, self.tokenizer, self.data / "train.bin", self.data / "val.bin")
-        )
+        data_files = [self.data / name for name in ("meta.json", "train.bin", "val.bin")]
+        return all(p.is_file() for p in (self.config, self.tokenizer, *data_files))
 
 
 def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:

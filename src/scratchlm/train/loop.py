@@ -52,7 +52,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
 
     model = GPT(config.model).to(device)
     optimizer = build_optimizer(model, tc)
-    data_meta_dtype = _token_dtype(paths)
+    data_meta_dtype = paths.token_dtype()
     train_batches = TokenBatches(
         paths.data / "train.bin",
         config.model.block_size,
@@ -202,10 +202,3 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         checkpoint=last_checkpoint,
         seconds=time.perf_counter() - start,
     )
-
-
-def _token_dtype(paths: RunPaths) -> str:
-    import json
-
-    meta = json.loads((paths.data / "meta.json").read_text(encoding="utf-8"))
-    return str(meta["dtype"])
