@@ -261,7 +261,7 @@ def test_data_list_and_fetch(tmp_path: Path, cli: Cli) -> None:
     own = Cli({**cli.env, "SCRATCHLM_CACHE": str(tmp_path / "fresh-cache")})
     rows = ok(own("data list", cwd=tmp_path)).stdout.splitlines()
     names = {row.split()[0]: row for row in rows}
-    assert set(names) == {"shakespeare", "pydocs"}
+    assert set(names) == {"shakespeare", "pydocs", "kjv", "chitchat"}
     assert "not fetched" in names["pydocs"]
 
     result = ok(own("data fetch pydocs", cwd=tmp_path))

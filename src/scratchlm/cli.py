@@ -2,6 +2,7 @@
 
     scratchlm data list | fetch NAME | prepare SOURCE... --tokenizer T --out DIR
     scratchlm tokenizer train SOURCE... --vocab-size N --out T | encode | decode
+    scratchlm tokenizer study --input SOURCE... --sizes 512,1024,2048 [--width W] [--out DIR]
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
     scratchlm generate RUN_DIR --prompt "..."
     scratchlm eval RUN_DIR
@@ -90,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, type=Path)
     p.add_argument("ids", nargs="*", help="token ids (default: read standard input)")
     p.set_defaults(handler=cmd_tokenizer_decode)
+    p = tok_commands.add_parser(
+        "study", help="vocabulary size vs held-out bytes/token and embedding parameters"
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, metavar="SOURCE", help="corpora, files or folders"
+    )
+    p.add_argument("--sizes", default="512,1024,2048,4096", help="comma-separated vocab sizes")
+    p.add_argument("--width", type=int, default=768, help="model width, for parameter counts")
+    p.add_argument("--out", type=Path, default=Path("tokenizer-study"), help="output folder")
+    p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 or a regex (default gpt4)")
+    p.add_argument("--heldout-fraction", type=float, default=0.1, help="documents held out")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the held-out split")
+    p.set_defaults(handler=cmd_tokenizer_study)
 
     # train -----------------------------------------------------------------------------------
     p = commands.add_parser(
@@ -232,6 +246,32 @@ def cmd_tokenizer_decode(args: argparse.Namespace, extra: list[str]) -> None:
     # Exactly the decoded text, so `encode --file f | decode > g` gives g == f; a newline is
     # added only on a terminal, to keep the shell prompt off the end of the text.
     sys.stdout.write(tokenizer.decode(ids) + ("\n" if sys.stdout.isatty() else ""))
+
+
+def cmd_tokenizer_study(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.documents import read_documents
+    from scratchlm.tokenizer import resolve_pattern
+    from scratchlm.tokenizer.study import (
+        format_table,
+        parse_sizes,
+        save_study,
+        study_vocab_sizes,
+    )
+
+    sizes = parse_sizes(args.sizes)  # before reading any text, so a typo is reported at once
+    pattern = resolve_pattern(args.pattern)
+    result = study_vocab_sizes(
+        read_documents(args.input),
+        sizes,
+        width=args.width,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        pattern=pattern,
+        progress=True,
+    )
+    json_path, png_path = save_study(result, args.out)
+    print(format_table(result))
+    print(f"wrote {json_path} and {png_path}")
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:

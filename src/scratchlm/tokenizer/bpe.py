@@ -11,6 +11,15 @@ caller allows it, so a document cannot smuggle in a control token.
 
 Input text must be encodable as UTF-8; a Python string holding a lone surrogate (U+D800 to
 U+DFFF) is rejected with ScratchLMError.
+
+Ids. A tokenizer we train has byte b as id b, merge k as id 256 + k and the special tokens next.
+A vocabulary from elsewhere (tiktoken's, GPT-2's) numbers its 256 byte tokens in its own order,
+so `byte_ids[b]` gives the id of byte b; merges still have ids that grow in merge order, so a
+smaller id always means an earlier merge, and special tokens may sit anywhere after them.
+
+Engines. `encode` runs our own BPE in Python ("python"), or hands the same ranks to tiktoken's
+Rust core ("tiktoken", the optional extra `fast`). "auto", the default, takes tiktoken when it
+is installed and gives the same ids: the tests check both engines agree id for id.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import multiprocessing
 import operator
 import os
 import unicodedata
@@ -25,6 +35,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,13 +44,30 @@ from tqdm import tqdm
 
 from scratchlm.atomic_files import atomic_write_text
 from scratchlm.errors import ScratchLMError
-from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN, compile_pattern, resolve_pattern
+from scratchlm.tokenizer.patterns import (
+    GPT4_SPLIT_PATTERN,
+    NAMED_PATTERNS,
+    compile_pattern,
+    resolve_pattern,
+)
 
 Pair = tuple[int, int]
 
 FILE_FORMAT = "scratchlm-bpe"
+# Version 1: bytes are ids 0..255, merges 256.. in order, specials right after (what `train`
+# makes). Version 2 adds `byte_ids` and explicit merge ids for vocabularies numbered otherwise.
+# `save` writes version 1 whenever the layout allows it, so older readers keep working.
 FILE_VERSION = 1
+FILE_VERSION_GENERAL = 2
 EOT_TOKEN = "<|endoftext|>"
+
+Specials = Literal["all", "none"] | AbstractSet[str]
+Engine = Literal["auto", "python", "tiktoken"]
+ENGINES = ("auto", "python", "tiktoken")
+
+# The python engine of encode_batch starts worker processes only when there is this much text:
+# starting them costs far more than encoding a few pages.
+_PARALLEL_MIN_CHARS = 1 << 20
 
 # Encoded chunks are cached because natural text repeats the same words constantly. The cache
 # is bounded so that encoding a huge corpus with many rare words cannot exhaust memory.
@@ -56,6 +84,7 @@ class BPETokenizer:
         merges: pair of ids -> the id it merges into; ids run 256, 257, ... in training order,
             so a smaller id means an earlier (more frequent) merge.
         special_tokens: special token string -> id; ids follow the last merge.
+        byte_ids: byte_ids[b] is the id of the single byte b (0..255 for a trained tokenizer).
         vocab: id -> the bytes it stands for (special tokens map to their UTF-8 bytes).
 
     Treat an instance as immutable: encodings are cached, so editing `merges` afterwards would
@@ -67,15 +96,36 @@ class BPETokenizer:
         pattern: str = GPT4_SPLIT_PATTERN,
         merges: dict[Pair, int] | None = None,
         special_tokens: dict[str, int] | None = None,
+        byte_ids: Sequence[int] | None = None,
     ) -> None:
         self.pattern: str = resolve_pattern(pattern)
         self.merges: dict[Pair, int] = dict(merges or {})
         self.special_tokens: dict[str, int] = dict(special_tokens or {})
-        _check_ids(self.merges, self.special_tokens)
-        self.vocab: dict[int, bytes] = _build_vocab(self.merges, self.special_tokens)
+        self.byte_ids: tuple[int, ...] = tuple(range(256) if byte_ids is None else byte_ids)
+        _check_ids(self.byte_ids, self.merges, self.special_tokens)
+        self.vocab: dict[int, bytes] = _build_vocab(self.byte_ids, self.merges, self.special_tokens)
+        self._vocab_size = max(self.vocab) + 1
+        self._identity_bytes = self.byte_ids == tuple(range(256))
         self._splitter = compile_pattern(self.pattern)
         self._special_splitters: dict[frozenset[str], regex.Pattern[str]] = {}
         self._chunk_cache: dict[str, list[int]] = {}
+        # The tiktoken engine, built on first use; None with a reason when it cannot be used.
+        self._fast: Any = None
+        self._fast_problem: str | None = None
+        # Set by from_tiktoken_ranks, whose merges are tiktoken's by construction.
+        self._merges_match_ranks = False
+
+    # Pickling (for encode_batch's worker processes) sends only what defines the tokenizer.
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "pattern": self.pattern,
+            "merges": self.merges,
+            "special_tokens": self.special_tokens,
+            "byte_ids": self.byte_ids,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
     def __repr__(self) -> str:
         specials = list(self.special_tokens)
@@ -132,22 +182,46 @@ class BPETokenizer:
         specials = {name: first_special + i for i, name in enumerate(special_tokens)}
         return cls(pattern, merges, specials)
 
+    @classmethod
+    def from_tiktoken_ranks(
+        cls,
+        ranks: dict[bytes, int],
+        pattern: str,
+        special_tokens: dict[str, int] | None = None,
+    ) -> BPETokenizer:
+        """A tokenizer from tiktoken ranks (token bytes -> rank), which become our ids; its
+        merges are recovered from the ranks, so it encodes exactly as tiktoken does."""
+        from scratchlm.tokenizer.tiktoken_format import from_tiktoken_ranks
+
+        return from_tiktoken_ranks(ranks, pattern, special_tokens)
+
     # ----------------------------------------------------------------------------- encoding
 
     def encode(
         self,
         text: str,
-        allowed_special: Literal["all", "none"] | AbstractSet[str] = "none",
+        allowed_special: Specials = "none",
+        disallowed_special: Specials = "none",
+        engine: Engine = "auto",
     ) -> list[int]:
         """Encode `text` to ids.
 
         Special tokens are recognised only if `allowed_special` allows them ("all", or a set of
-        their strings); any other occurrence is encoded as the ordinary text it spells, so
-        untrusted text can never produce a special id.
+        their strings). By default any other occurrence is encoded as the ordinary text it
+        spells, so untrusted text can never produce a special id. Callers who would rather
+        refuse such text name the tokens in `disallowed_special` ("all" means every special
+        token not allowed): an occurrence then raises ScratchLMError naming the token and its
+        position. `engine` is "python", "tiktoken" or "auto" (see the module docstring).
         """
         allowed = self._allowed_specials(allowed_special)
+        disallowed = self._disallowed_specials(disallowed_special, allowed)
+        if disallowed:
+            _refuse_disallowed(text, disallowed)
+        fast = self._engine(engine)
+        if fast is not None:
+            return self._fast_encode(fast, text, allowed)
         if not allowed:
-            return self.encode_ordinary(text)
+            return self._encode_ordinary_python(text)
         # split() with a capturing group returns [text, special, text, special, ..., text].
         parts = self._special_splitter(allowed).split(text)
         ids: list[int] = []
@@ -155,11 +229,66 @@ class BPETokenizer:
             if i % 2:
                 ids.append(self.special_tokens[part])
             elif part:
-                ids.extend(self.encode_ordinary(part))
+                ids.extend(self._encode_ordinary_python(part))
         return ids
 
-    def encode_ordinary(self, text: str) -> list[int]:
+    def encode_ordinary(self, text: str, engine: Engine = "auto") -> list[int]:
         """Encode `text` to ids, treating special token strings as plain text."""
+        fast = self._engine(engine)
+        if fast is not None:
+            return self._fast_encode(fast, text, set())
+        return self._encode_ordinary_python(text)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        allowed_special: Specials = "none",
+        disallowed_special: Specials = "none",
+        engine: Engine = "auto",
+        num_threads: int = 2,
+    ) -> list[list[int]]:
+        """Encode many texts; the same ids as `encode` on each, using up to `num_threads` cores.
+
+        The tiktoken engine runs its Rust encoder on `num_threads` threads. The python engine
+        starts `num_threads` worker processes, but only when there is at least 1 MiB of text;
+        below that it encodes in this process, which is faster than starting workers.
+        """
+        if isinstance(texts, str):
+            raise ScratchLMError("encode_batch takes a list of strings; for one string use encode")
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ScratchLMError(f"num_threads must be a positive integer, got {num_threads!r}")
+        texts = list(texts)
+        allowed = self._allowed_specials(allowed_special)
+        disallowed = self._disallowed_specials(disallowed_special, allowed)
+        for text in texts:
+            if not isinstance(text, str):
+                raise ScratchLMError(f"encode_batch takes strings, found {type(text).__name__}")
+            if disallowed:
+                _refuse_disallowed(text, disallowed)
+        fast = self._engine(engine)
+        if fast is not None:
+            for text in texts:
+                _check_utf8(text)
+            batch = fast.encode_batch(
+                texts, num_threads=num_threads, allowed_special=allowed, disallowed_special=()
+            )
+            if not _is_known_pattern(self.pattern):
+                for text, ids in zip(texts, batch, strict=True):
+                    self._check_coverage(text, ids)
+            return list(batch)
+        total = sum(map(len, texts))
+        if num_threads == 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS:
+            return [self.encode(t, allowed_special=allowed, engine="python") for t in texts]
+        # "spawn": forking a process that runs threads (torch, tiktoken) is not safe.
+        context = multiprocessing.get_context("spawn")
+        workers = min(num_threads, len(texts))
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(self, allowed)
+        ) as pool:
+            chunksize = max(1, len(texts) // (workers * 4))
+            return list(pool.map(_encode_in_worker, texts, chunksize=chunksize))
+
+    def _encode_ordinary_python(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._chunk_cache
         for chunk in _split(self._splitter, text):
@@ -177,7 +306,8 @@ class BPETokenizer:
         # Replay training: repeatedly apply the earliest-learned merge present in the chunk.
         # Merge ids increase in training order, so the id doubles as the merge's rank.
         merges = self.merges
-        ids = list(data)
+        byte_ids = self.byte_ids
+        ids = list(data) if self._identity_bytes else [byte_ids[b] for b in data]
         while len(ids) >= 2:
             pair = min(itertools.pairwise(ids), key=lambda p: merges.get(p, _NO_MERGE))
             new_id = merges.get(pair)
@@ -186,23 +316,88 @@ class BPETokenizer:
             ids = _merge(ids, pair, new_id)
         return ids
 
-    def _allowed_specials(self, allowed: Literal["all", "none"] | AbstractSet[str]) -> set[str]:
-        if allowed == "all":
-            return set(self.special_tokens)
-        if allowed == "none":
-            return set()
-        if isinstance(allowed, str) or not isinstance(allowed, AbstractSet):
+    def _allowed_specials(self, allowed: Specials) -> set[str]:
+        return self._special_set(allowed, "allowed_special")
+
+    def _disallowed_specials(self, disallowed: Specials, allowed: set[str]) -> set[str]:
+        if disallowed == "all":
+            return set(self.special_tokens) - allowed
+        names = self._special_set(disallowed, "disallowed_special")
+        both = names & allowed
+        if both:
             raise ScratchLMError(
-                f'allowed_special must be "all", "none" or a set of special token strings, '
-                f"got {allowed!r}"
+                f"{sorted(both)} cannot be both allowed and disallowed; "
+                "remove them from one of allowed_special and disallowed_special"
             )
-        unknown = set(allowed) - self.special_tokens.keys()
+        return names
+
+    def _special_set(self, names: Specials, argument: str) -> set[str]:
+        if names == "all":
+            return set(self.special_tokens)
+        if names == "none":
+            return set()
+        if isinstance(names, str) or not isinstance(names, AbstractSet | list | tuple):
+            raise ScratchLMError(
+                f'{argument} must be "all", "none" or a set of special token strings, got {names!r}'
+            )
+        unknown = set(names) - self.special_tokens.keys()
         if unknown:
             raise ScratchLMError(
-                f"allowed_special names {sorted(unknown)}, which are not special tokens of this "
+                f"{argument} names {sorted(unknown)}, which are not special tokens of this "
                 f"tokenizer (it has {sorted(self.special_tokens)})"
             )
-        return set(allowed)
+        return set(names)
+
+    # ----------------------------------------------------------------------------- tiktoken
+
+    def tiktoken_encoding(self) -> Any:
+        """This tokenizer as a `tiktoken.Encoding` (the same ids), built once and then reused.
+
+        Raises ScratchLMError saying why when that is impossible: tiktoken is not installed,
+        its regex engine cannot compile our pattern, or our merges are not the ones tiktoken
+        would derive from the token ranks (see scratchlm.tokenizer.fast).
+        """
+        if self._fast is None and self._fast_problem is None:
+            from scratchlm.tokenizer.fast import build_tiktoken_encoding
+
+            try:
+                self._fast = build_tiktoken_encoding(self)
+            except ScratchLMError as e:
+                self._fast_problem = str(e)
+        if self._fast is None:
+            raise ScratchLMError(f"the tiktoken engine cannot be used: {self._fast_problem}")
+        return self._fast
+
+    def _engine(self, engine: Engine) -> Any:
+        """The tiktoken.Encoding to encode with, or None for our own Python encoder."""
+        if engine == "python":
+            return None
+        if engine == "tiktoken":
+            return self.tiktoken_encoding()
+        if engine != "auto":
+            raise ScratchLMError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        try:
+            return self.tiktoken_encoding()
+        except ScratchLMError:
+            return None
+
+    def _fast_encode(self, fast: Any, text: str, allowed: set[str]) -> list[int]:
+        _check_utf8(text)  # tiktoken would quietly replace a lone surrogate
+        if allowed:
+            ids: list[int] = fast.encode(text, allowed_special=allowed, disallowed_special=())
+        else:
+            ids = fast.encode_ordinary(text)
+        if not _is_known_pattern(self.pattern):
+            self._check_coverage(text, ids)
+        return ids
+
+    def _check_coverage(self, text: str, ids: list[int]) -> None:
+        # tiktoken silently drops text a custom pattern does not match; the Python engine
+        # raises for it, so run that to get the same error.
+        vocab = self.vocab
+        if sum(len(vocab[i]) for i in ids) != len(text.encode("utf-8")):
+            self._encode_ordinary_python(text)
+            raise ScratchLMError(f"split pattern {self.pattern!r} skips some of the text")
 
     def _special_splitter(self, allowed: set[str]) -> regex.Pattern[str]:
         key = frozenset(allowed)
@@ -230,7 +425,8 @@ class BPETokenizer:
             except (KeyError, TypeError):
                 raise ScratchLMError(
                     f"token id {i!r} is not in the vocabulary "
-                    f"(valid ids are 0 to {self.vocab_size - 1})"
+                    f"(valid ids are 0 to {self.vocab_size - 1}"
+                    f"{'' if len(self.vocab) == self.vocab_size else ', with gaps'})"
                 ) from None
         return b"".join(pieces)
 
@@ -242,8 +438,10 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids: 256 bytes + merges + special tokens."""
-        return len(self.vocab)
+        """One more than the largest id: 256 bytes + merges + special tokens when ids have no
+        gaps (as in every tokenizer `train` makes; cl100k_base has unused ids among its
+        special tokens). This is the number of rows a model's embedding needs."""
+        return self._vocab_size
 
     @property
     def eot_id(self) -> int:
@@ -260,20 +458,42 @@ class BPETokenizer:
     # ----------------------------------------------------------------------------- files
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the tokenizer as one JSON file (written atomically), one merge per line."""
+        """Write the tokenizer as one JSON file (written atomically), one merge per line.
+
+        A tokenizer numbered like a trained one is written as version 1; any other (a
+        vocabulary imported from tiktoken or GPT-2) as version 2, with its byte ids and
+        merge ids spelled out.
+        """
         ordered = sorted(self.merges.items(), key=lambda item: item[1])
-        merge_lines = ",\n".join(f"    [{a}, {b}]" for (a, b), _ in ordered)
+        if self._has_v1_layout():
+            version = FILE_VERSION
+            merge_lines = ",\n".join(f"    [{a}, {b}]" for (a, b), _ in ordered)
+            extra = ""
+        else:
+            version = FILE_VERSION_GENERAL
+            merge_lines = ",\n".join(f"    [{a}, {b}, {n}]" for (a, b), n in ordered)
+            extra = f'  "byte_ids": {json.dumps(list(self.byte_ids))},\n'
         merges_json = f"[\n{merge_lines}\n  ]" if ordered else "[]"
         text = (
             "{\n"
             f'  "format": {json.dumps(FILE_FORMAT)},\n'
-            f'  "version": {FILE_VERSION},\n'
+            f'  "version": {version},\n'
             f'  "pattern": {json.dumps(self.pattern)},\n'
             f'  "special_tokens": {json.dumps(self.special_tokens)},\n'
+            f"{extra}"
             f'  "merges": {merges_json}\n'
             "}\n"
         )
         atomic_write_text(path, text)
+
+    def _has_v1_layout(self) -> bool:
+        first_special = 256 + len(self.merges)
+        return (
+            self._identity_bytes
+            and sorted(self.merges.values()) == list(range(256, first_special))
+            and sorted(self.special_tokens.values())
+            == list(range(first_special, first_special + len(self.special_tokens)))
+        )
 
     def save_vocab(self, path: str | os.PathLike[str]) -> None:
         """Write a human-readable listing of every token, for inspection only (not loadable).
@@ -284,7 +504,7 @@ class BPETokenizer:
         parents = {new_id: pair for pair, new_id in self.merges.items()}
         special_ids = set(self.special_tokens.values())
         lines = []
-        for token_id, token in self.vocab.items():
+        for token_id, token in sorted(self.vocab.items()):
             shown = _render(token)
             if token_id in parents:
                 a, b = parents[token_id]
@@ -327,35 +547,45 @@ class BPETokenizer:
                 f'"format" is {data.get("format")!r}, expected {FILE_FORMAT!r}; '
                 "this is not a scratchlm tokenizer file"
             )
-        if data.get("version") != FILE_VERSION:
+        version = data.get("version")
+        if version not in (FILE_VERSION, FILE_VERSION_GENERAL) or isinstance(version, bool):
             raise ScratchLMError(
-                f'"version" is {data.get("version")!r}, but this scratchlm reads only '
-                f"version {FILE_VERSION}"
+                f'"version" is {version!r}, but this scratchlm reads only '
+                f"versions {FILE_VERSION} and {FILE_VERSION_GENERAL}"
             )
         pattern = data.get("pattern")
         if not isinstance(pattern, str):
             raise ScratchLMError(f'"pattern" must be a string, found {pattern!r}')
 
+        general = version == FILE_VERSION_GENERAL
+        width = 3 if general else 2
         raw_merges = data.get("merges")
         if not isinstance(raw_merges, list):
-            raise ScratchLMError('"merges" must be a list of [id, id] pairs')
+            shape = "[id, id, new id] triples" if general else "[id, id] pairs"
+            raise ScratchLMError(f'"merges" must be a list of {shape}')
         merges: dict[Pair, int] = {}
         for k, item in enumerate(raw_merges):
             if not (
-                isinstance(item, list) and len(item) == 2 and all(_is_json_int(x) for x in item)
+                isinstance(item, list) and len(item) == width and all(_is_json_int(x) for x in item)
             ):
-                raise ScratchLMError(f'merge #{k} in "merges" is {item!r}, not a pair of ids')
+                raise ScratchLMError(f'merge #{k} in "merges" is {item!r}, not {width} integer ids')
             pair = (item[0], item[1])
             if pair in merges:
                 raise ScratchLMError(f"merge #{k} repeats the pair {list(pair)}")
-            merges[pair] = 256 + k
+            merges[pair] = item[2] if general else 256 + k
 
         raw_specials = data.get("special_tokens")
         if not isinstance(raw_specials, dict) or not all(
             _is_json_int(v) for v in raw_specials.values()
         ):
             raise ScratchLMError('"special_tokens" must be an object mapping strings to ids')
-        return cls(pattern, merges, raw_specials)
+        if not general:
+            _check_v1_special_ids(len(merges), raw_specials)
+            return cls(pattern, merges, raw_specials)
+        byte_ids = data.get("byte_ids")
+        if not isinstance(byte_ids, list):
+            raise ScratchLMError('"byte_ids" must be a list of 256 ids (version 2)')
+        return cls(pattern, merges, raw_specials, byte_ids)
 
 
 # --------------------------------------------------------------------------------- training
@@ -531,22 +761,45 @@ def _check_special_names(special_tokens: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def _check_ids(merges: dict[Pair, int], special_tokens: dict[str, int]) -> None:
-    """Check that merges use ids 256.. in order and special tokens the ids right after them."""
+def _check_ids(
+    byte_ids: tuple[int, ...], merges: dict[Pair, int], special_tokens: dict[str, int]
+) -> None:
+    """Check that every id is defined once, and each merge only uses ids defined before it."""
+    if len(byte_ids) != 256 or not all(_is_json_int(i) and i >= 0 for i in byte_ids):
+        raise ScratchLMError("byte_ids must be 256 non-negative integer ids, one per byte value")
+    if len(set(byte_ids)) != 256:
+        raise ScratchLMError("byte_ids gives two byte values the same id")
     for pair, new_id in merges.items():
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_json_int(x) for x in pair)):
             raise ScratchLMError(f"merge {pair!r} -> {new_id!r} is not a pair of integer ids")
-    if sorted(merges.values()) != list(range(256, 256 + len(merges))):
-        raise ScratchLMError(f"merge ids must be exactly 256 to {255 + len(merges)}, one each")
-    for (a, b), new_id in merges.items():
-        if not (0 <= a < new_id and 0 <= b < new_id):
+        if not _is_json_int(new_id) or new_id < 0:
+            raise ScratchLMError(f"merge {list(pair)} -> {new_id!r}: the new id is not an id")
+    defined = set(byte_ids)
+    # Merge ids double as ranks: a merge may use bytes and merges with smaller ids only.
+    for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
+        if new_id in defined:
+            raise ScratchLMError(f"merge [{a}, {b}] -> {new_id} reuses id {new_id}")
+        for part in (a, b):
+            if part not in defined:
+                raise ScratchLMError(
+                    f"merge [{a}, {b}] -> {new_id} uses id {part}, which does not exist yet "
+                    f"(a merge may use only bytes and merges with smaller ids)"
+                )
+        defined.add(new_id)
+    _check_special_names(list(special_tokens))
+    for name, token_id in special_tokens.items():
+        if not _is_json_int(token_id) or token_id < 0:
+            raise ScratchLMError(f"special token {name!r} has id {token_id!r}, not an id")
+        if token_id in defined:
             raise ScratchLMError(
-                f"merge [{a}, {b}] -> {new_id} uses an id that does not exist yet "
-                f"(only ids 0 to {new_id - 1} are defined before it)"
+                f"special token {name!r} has id {token_id}, which is already used by a byte, "
+                "a merge or another special token"
             )
-    first_special = 256 + len(merges)
-    for name in special_tokens:
-        _check_special_names([name])
+        defined.add(token_id)
+
+
+def _check_v1_special_ids(num_merges: int, special_tokens: dict[str, int]) -> None:
+    first_special = 256 + num_merges
     if sorted(special_tokens.values()) != list(
         range(first_special, first_special + len(special_tokens))
     ):
@@ -557,13 +810,54 @@ def _check_ids(merges: dict[Pair, int], special_tokens: dict[str, int]) -> None:
         )
 
 
-def _build_vocab(merges: dict[Pair, int], special_tokens: dict[str, int]) -> dict[int, bytes]:
-    vocab = {i: bytes([i]) for i in range(256)}
+def _build_vocab(
+    byte_ids: tuple[int, ...], merges: dict[Pair, int], special_tokens: dict[str, int]
+) -> dict[int, bytes]:
+    vocab = {token_id: bytes([b]) for b, token_id in enumerate(byte_ids)}
     for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
         vocab[new_id] = vocab[a] + vocab[b]
     for name, token_id in special_tokens.items():
         vocab[token_id] = _utf8(name)
     return vocab
+
+
+def _refuse_disallowed(text: str, disallowed: set[str]) -> None:
+    found = _alternation(disallowed, capture=False).search(text)
+    if found is None:
+        return
+    line = text.count("\n", 0, found.start()) + 1
+    column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+    raise ScratchLMError(
+        f"the text contains the special token {found.group()!r} at character {found.start()} "
+        f"(line {line}, column {column}), and disallowed_special forbids it; pass it in "
+        "allowed_special to encode it as a special token, or leave it out of "
+        "disallowed_special to encode it as plain text"
+    )
+
+
+def _check_utf8(text: str) -> None:
+    if not text.isascii():
+        _utf8(text)
+
+
+def _is_known_pattern(pattern: str) -> bool:
+    """True for our named patterns, which match every character (so tiktoken drops nothing)."""
+    return pattern in NAMED_PATTERNS.values()
+
+
+# Each worker process receives the tokenizer once, at start-up, not with every text.
+_worker_job: tuple[BPETokenizer, set[str]] | None = None
+
+
+def _start_worker(tokenizer: BPETokenizer, allowed: set[str]) -> None:
+    global _worker_job
+    _worker_job = (tokenizer, allowed)
+
+
+def _encode_in_worker(text: str) -> list[int]:
+    assert _worker_job is not None, "worker not started"
+    tokenizer, allowed = _worker_job
+    return tokenizer.encode(text, allowed_special=allowed, engine="python")
 
 
 def _render(token: bytes) -> str:

@@ -1,0 +1,322 @@
+"""Our BPE against Hugging Face `tokenizers` and `rustbpe`, side by side on the same real text.
+
+    python benchmarks/tokenizer.py [--mb 20] [--sizes 4096,16384] [--json results.json]
+
+The text is Shakespeare + the King James Bible + the chitchat conversations (fetched with
+scratchlm.data.sources), shuffled by document with a fixed seed and cut at --mb megabytes; 10%
+of the documents are held out. For each vocabulary size it measures:
+
+- training time of BPETokenizer.train, HF's BpeTrainer and rustbpe, all with the same split
+  pattern (ours, GPT-4's) and the same number of merges;
+- encoding throughput on the held-out text: our encode_ordinary (whatever engine it picks),
+  tiktoken given our merges as ranks, and HF's encode_batch;
+- bytes per token on the held-out text for each trained tokenizer.
+
+A library that is missing or fails is reported in the output and skipped; the rest still run.
+Install the other libraries with `pip install -e '.[bench]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scratchlm.data.documents import read_documents
+from scratchlm.data.prepare import split_documents
+from scratchlm.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer
+
+CORPORA = ("shakespeare", "kjv", "chitchat")
+EOT = "<|endoftext|>"
+SEED = 1337
+HELDOUT_FRACTION = 0.1
+PATTERN = GPT4_SPLIT_PATTERN  # every contender splits text with the same regex
+
+
+# --- text --------------------------------------------------------------------------------------
+
+
+def load_text(max_mb: float) -> tuple[list[str], list[str]]:
+    """(train, held-out) documents: the corpora shuffled by document, capped at max_mb MB."""
+    documents = read_documents(list(CORPORA))  # fetches each corpus on first use
+    # Shuffled before the cap so a small --mb still mixes all three kinds of text.
+    random.Random(SEED).shuffle(documents)
+    chosen, total = [], 0
+    for doc in documents:
+        if total >= max_mb * 1e6:
+            break
+        chosen.append(doc)
+        total += len(doc.encode("utf-8"))
+    train, heldout, _ = split_documents(chosen, HELDOUT_FRACTION, SEED)
+    return train, heldout
+
+
+def utf8_size(documents: Sequence[str]) -> int:
+    return sum(len(doc.encode("utf-8")) for doc in documents)
+
+
+# --- the contenders ----------------------------------------------------------------------------
+# Each trainer takes (train documents, vocab size incl. 256 bytes + <|endoftext|>, pattern) and
+# returns an encoder: held-out documents -> token count per document.
+
+Encoder = Callable[[list[str]], list[int]]
+
+
+def train_ours(train: list[str], vocab_size: int, pattern: str) -> BPETokenizer:
+    return BPETokenizer.train(train, vocab_size, pattern=pattern, special_tokens=[EOT])
+
+
+def train_hf(train: list[str], vocab_size: int, pattern: str) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    # The same chunks as ours: split with our regex, then map bytes to ByteLevel's printable
+    # alphabet (use_regex=False, or ByteLevel would split again with GPT-2's pattern).
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,  # like ours, it counts the 256 bytes and the special token
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(train, trainer, length=len(train))
+    return tokenizer
+
+
+def train_rustbpe(train: list[str], vocab_size: int, pattern: str) -> Any:
+    import rustbpe
+
+    tokenizer = rustbpe.Tokenizer()
+    # rustbpe has no special tokens: its vocab_size is 256 bytes + merges, so one less than ours
+    # gives the same number of merges.
+    tokenizer.train_from_iterator(iter(train), vocab_size - 1, pattern=pattern)
+    return tokenizer
+
+
+def tiktoken_from_ours(tokenizer: BPETokenizer) -> Any:
+    """Our merges as a tiktoken.Encoding: our ids are ranks, and bytes 0..255 are ids 0..255."""
+    import tiktoken
+
+    token_bytes = {i: bytes([i]) for i in range(256)}
+    for (left, right), new_id in sorted(tokenizer.merges.items(), key=lambda item: item[1]):
+        token_bytes[new_id] = token_bytes[left] + token_bytes[right]
+    ranks = {data: token_id for token_id, data in token_bytes.items()}
+    if len(ranks) != len(token_bytes):
+        # Two merges that spell the same bytes: tiktoken keys ranks by bytes, so it cannot
+        # represent this vocabulary exactly.
+        raise ValueError(f"{len(token_bytes) - len(ranks)} tokens share their bytes with another")
+    return tiktoken.Encoding(
+        "scratchlm-bench",
+        pat_str=tokenizer.pattern,
+        mergeable_ranks=ranks,
+        special_tokens=dict(tokenizer.special_tokens),
+    )
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def attempt(
+    results: dict[str, Any], key: str, function: Callable[[], Any]
+) -> tuple[Any, float] | None:
+    """Run and time `function`; on failure record the error under `key` and return None."""
+    try:
+        return timed(function)
+    except Exception as e:  # a competitor failing must not stop the others
+        message = f"{type(e).__name__}: {e}".splitlines()[0]
+        results.setdefault("errors", {})[key] = message
+        print(f"  !! {key} failed: {message}", file=sys.stderr)
+        if os.environ.get("BENCH_TRACEBACK"):
+            traceback.print_exc()
+        return None
+
+
+def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[str, Any]:
+    heldout_bytes = utf8_size(heldout)
+    mb = heldout_bytes / 1e6
+    row: dict[str, Any] = {"vocab_size": vocab_size}
+
+    def log(what: str, seconds: float) -> None:
+        print(f"  {what:<44} {seconds:8.2f} s", file=sys.stderr, flush=True)
+
+    # Training ----------------------------------------------------------------------------
+    print(f"vocabulary {vocab_size:,}: training", file=sys.stderr, flush=True)
+    trained: dict[str, Any] = {}
+    for name, trainer in (("ours", train_ours), ("hf", train_hf), ("rustbpe", train_rustbpe)):
+        outcome = attempt(row, f"train {name}", lambda t=trainer: t(train, vocab_size, PATTERN))
+        if outcome is not None:
+            trained[name], row[f"train_s_{name}"] = outcome
+            log(f"train {name}", outcome[1])
+    if "ours" in trained:
+        row["merges_ours"] = len(trained["ours"].merges)
+    if "hf" in trained:
+        row["vocab_hf"] = trained["hf"].get_vocab_size()
+
+    # Encoding the held-out text: throughput and bytes per token ------------------------------
+    encoders: dict[str, Encoder] = {}
+    if "ours" in trained:
+        ours = trained["ours"]
+        ours.encode_ordinary("warm up")  # builds a lazy fast engine, if any, outside the timing
+        encoders["ours"] = lambda docs: [len(ours.encode_ordinary(d)) for d in docs]
+        fast = attempt(row, "tiktoken from our ranks", lambda: tiktoken_from_ours(ours))
+        if fast is not None:
+            encoding = fast[0]
+            encoders["tiktoken"] = lambda docs: [len(encoding.encode_ordinary(d)) for d in docs]
+    if "hf" in trained:
+        hf = trained["hf"]
+        encoders["hf"] = lambda docs: [len(e.ids) for e in hf.encode_batch(docs)]
+    if "rustbpe" in trained:
+        rust = trained["rustbpe"]
+        encoders["rustbpe"] = lambda docs: [len(ids) for ids in rust.batch_encode(docs)]
+    counts: dict[str, list[int]] = {}
+    for name, encoder in encoders.items():
+        outcome = attempt(row, f"encode {name}", lambda e=encoder: e(heldout))
+        if outcome is None:
+            continue
+        counts[name], seconds = outcome
+        row[f"encode_mb_s_{name}"] = mb / seconds
+        log(f"encode {name} ({mb:.2f} MB held out)", seconds)
+        if name != "tiktoken":  # the same tokenizer as ours: its count is checked below
+            row[f"bytes_per_token_{name}"] = heldout_bytes / max(sum(counts[name]), 1)
+    if "ours" in counts and "tiktoken" in counts:
+        # Same ranks, same pattern: tiktoken must produce exactly our token counts.
+        row["tiktoken_matches_ours"] = counts["tiktoken"] == counts["ours"]
+
+    # Ratios ------------------------------------------------------------------------------
+    for other in ("hf", "rustbpe"):
+        if "train_s_ours" in row and f"train_s_{other}" in row:
+            row[f"train_ratio_ours_{other}"] = row["train_s_ours"] / row[f"train_s_{other}"]
+        if "bytes_per_token_ours" in row and f"bytes_per_token_{other}" in row:
+            ratio = row["bytes_per_token_ours"] / row[f"bytes_per_token_{other}"]
+            row[f"bytes_per_token_ratio_ours_{other}"] = ratio
+    return row
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        f"\ntext: {results['train_mb']:.2f} MB training ({results['train_documents']:,} documents), "
+        f"{results['heldout_mb']:.2f} MB held out ({results['heldout_documents']:,} documents), "
+        f"from {', '.join(CORPORA)}"
+    )
+    print(f"machine: {results['machine']}")
+    for row in results["rows"]:
+        get = row.get
+        print(f"\nvocabulary {row['vocab_size']:,} ({fmt(get('merges_ours'), ',')} merges)")
+        header = f"  {'':<12} {'train s':>9} {'ours/it':>7} {'encode MB/s':>12} {'bytes/token':>12}"
+        print(header)
+        print("  " + "-" * (len(header) - 2))
+        for name, label in (
+            ("ours", "scratchlm"),
+            ("tiktoken", "tiktoken*"),
+            ("hf", "HF"),
+            ("rustbpe", "rustbpe"),
+        ):
+            ratio = get(f"train_ratio_ours_{name}")
+            print(
+                f"  {label:<12} {fmt(get(f'train_s_{name}'), '9.2f'):>9} "
+                f"{fmt(ratio, '6.1f') + 'x' if ratio else '':>7} "
+                f"{fmt(get(f'encode_mb_s_{name}'), '12.2f'):>12} "
+                f"{fmt(get(f'bytes_per_token_{name}'), '12.3f'):>12}"
+            )
+        matches = get("tiktoken_matches_ours")
+        print(
+            "  * tiktoken given our merges as ranks (no training of its own); "
+            f"same tokens as ours: {'n/a' if matches is None else 'yes' if matches else 'NO'}"
+        )
+        for other in ("hf", "rustbpe"):
+            ratio = get(f"bytes_per_token_ratio_ours_{other}")
+            if ratio is not None:
+                print(f"  bytes/token ours / {other}: {ratio:.4f}")
+        for key, message in get("errors", {}).items():
+            print(f"  FAILED {key}: {message}")
+
+
+def machine() -> str:
+    # The load average says whether other work shared the CPUs while this ran.
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, load average {load}"
+    )
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("scratchlm", "tokenizers", "tiktoken", "rustbpe"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(word) for word in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes takes comma-separated whole numbers, got {text!r}") from None
+    if min(sizes) < 258:
+        raise SystemExit("--sizes: each size must be at least 258 (256 bytes, a merge, EOT)")
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--mb", type=float, default=20.0, help="cap on the text, in MB")
+    parser.add_argument("--sizes", default="4096,16384", help="comma-separated vocab sizes")
+    parser.add_argument("--json", type=Path, help="also save the results here")
+    args = parser.parse_args(argv)
+    sizes = parse_sizes(args.sizes)
+
+    train, heldout = load_text(args.mb)
+    results: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/tokenizer.py", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "versions": versions(),
+        "corpora": list(CORPORA),
+        "train_documents": len(train),
+        "heldout_documents": len(heldout),
+        "train_mb": utf8_size(train) / 1e6,
+        "heldout_mb": utf8_size(heldout) / 1e6,
+        "rows": [bench_size(train, heldout, size) for size in sizes],
+    }
+    results["machine"] = machine()  # again, now that the load average covers the run
+    print_table(results)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
