@@ -283,11 +283,12 @@ def test_data_prepare(here: Path, cli: Cli, eot_id: int) -> None:
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 300 and meta["eot_id"] == eot_id
     for split in ("train", "val"):
-        data = (out / f"{split}.bin").read_bytes()
-        assert len(data) == 2 * meta[f"{split}_tokens"] > 0
-        assert int.from_bytes(data[-2:], "little") == eot_id  # each document ends with EOT
+        assert meta[f"{split}_shards"] == [f"{split}_000000.bin"]
+        data = (out / f"{split}_000000.bin").read_bytes()
+        assert data.startswith(b"SLMTOKEN")  # a token shard (tests/test_shards.py has the rest)
+        assert int.from_bytes(data[16:24], "little") == meta[f"{split}_tokens"] > 0
     counts = f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens"
-    assert result.stdout.startswith(counts)
+    assert result.stdout.startswith(f"{counts} to data/pydocs (2 shards)")
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -485,7 +486,7 @@ def test_train_makes_a_run(trained: tuple[Path, Result]) -> None:
     assert "--- sample 1 ---\ndef " in result.stdout  # the recipe's prompt
     for name in ("config.toml", "tokenizer.json", "tokenizer.vocab", "loss.png", "samples.txt"):
         assert (run / name).is_file(), name
-    for name in ("train.bin", "val.bin", "meta.json"):
+    for name in ("train_000000.bin", "val_000000.bin", "meta.json"):
         assert (run / "data" / name).is_file(), name
     assert checkpoints(run) == ["step_000010", f"step_{TINY_STEPS:06d}"]
     assert_clean_checkpoints(run)
@@ -615,6 +616,21 @@ def test_eval(trained: tuple[Path, Result], cli: Cli) -> None:
     assert 0 < loss < math.log(300) + 0.5  # trained a little: about uniform over 300 at worst
     assert ppl == pytest.approx(math.exp(loss), rel=1e-3)
     assert match[3] == "2"  # the recipe's eval_batches
+
+
+def test_run_with_old_token_files_is_explained(run_copy: Path, cli: Cli) -> None:
+    # Before token shards, a run's data was a headerless train.bin / val.bin.
+    data = run_copy / "data"
+    for path in data.iterdir():
+        path.unlink()
+    for name in ("train.bin", "val.bin"):
+        (data / name).write_bytes(bytes(1000))
+    (data / "meta.json").write_text('{"dtype": "uint16"}', encoding="utf-8")
+    before = snapshot(run_copy)
+    cwd = run_copy.parents[1]
+    for command in ("eval runs/tiny", "train --resume runs/tiny"):
+        assert_user_error(cli(command, cwd=cwd), "train.bin / val.bin", "--overwrite")
+    assert snapshot(run_copy) == before
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The data stage: corpora, reading text, train/val token files and the batch loader."""
+"""The data stage: corpora and reading text (token shards and batches: test_shards.py)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,16 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from scratchlm.data import (
-    TokenBatches,
     cache_dir,
     fetch_corpus,
     load_documents,
-    load_tokens,
-    prepare_tokens,
     read_documents,
     sources,
-    split_documents,
 )
-from scratchlm.data.prepare import split_text
 from scratchlm.errors import ScratchLMError
-
-
-class ByteTokenizer:
-    """Token ids are the UTF-8 bytes; 256 is <|endoftext|>."""
-
-    eot_id = 256
-
-    def __init__(self, vocab_size: int = 257) -> None:
-        self.vocab_size = vocab_size
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
 
 
 @pytest.fixture(autouse=True)
@@ -52,11 +32,6 @@ def write(path: Path, content: str | bytes) -> Path:
     if isinstance(content, str):
         content = content.encode("utf-8")
     path.write_bytes(content)
-    return path
-
-
-def write_tokens(path: Path, tokens: np.ndarray, dtype: str = "<u2") -> Path:
-    path.write_bytes(np.asarray(tokens, dtype=dtype).tobytes())
     return path
 
 
@@ -313,147 +288,3 @@ def test_changed_package_formats_are_reported() -> None:
         sources.parse_chats(json.dumps({"y": {"turns": []}}).encode(), "w.whl")
     with pytest.raises(ScratchLMError, match="not valid JSON"):
         sources.parse_chats(b"{", "w.whl")
-
-
-# --- train/val token files ---------------------------------------------------------------------
-
-
-def decode_bin(path: Path, dtype: str) -> list[str]:
-    ids = load_tokens(path, dtype).tolist()
-    docs, current = [], bytearray()
-    for token in ids:
-        if token == ByteTokenizer.eot_id:
-            docs.append(current.decode("utf-8"))
-            current = bytearray()
-        else:
-            current.append(token)
-    assert not current, "every document ends with <|endoftext|>"
-    return docs
-
-
-def test_prepare_writes_tokens_and_meta(tmp_path: Path) -> None:
-    documents = [f"document {i}: caf\u00e9 \u2603\n" * (i + 1) for i in range(20)]
-    meta = prepare_tokens(documents, ByteTokenizer(), tmp_path, 0.1, seed=7, progress=False)
-
-    train, val = (
-        decode_bin(tmp_path / "train.bin", "uint16"),
-        decode_bin(tmp_path / "val.bin", "uint16"),
-    )
-    assert len(val) == 2 and len(train) == 18
-    assert sorted(train + val) == sorted(documents)
-    assert train == [d for d in documents if d in train]  # original order kept
-    assert json.loads((tmp_path / "meta.json").read_text()) == meta
-    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 257 and meta["eot_id"] == 256
-    assert meta["split_by"] == "documents"
-    assert meta["train_documents"] == 18 and meta["val_documents"] == 2
-    train_bytes = sum(len(d.encode()) for d in train)
-    assert meta["train_tokens"] == train_bytes + 18 == (tmp_path / "train.bin").stat().st_size // 2
-    assert meta["train_chars"] == sum(map(len, train)) and meta["train_bytes"] == train_bytes
-    assert meta["bytes_per_token"] == 1.0  # one token per byte for this tokenizer
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_token_dtype_follows_vocab_size(tmp_path: Path) -> None:
-    docs = ["a\nb\n", "c\nd\n"]
-    small = prepare_tokens(docs, ByteTokenizer(65536), tmp_path / "s", 0.5, 0, progress=False)
-    big = prepare_tokens(docs, ByteTokenizer(65537), tmp_path / "b", 0.5, 0, progress=False)
-    assert small["dtype"] == "uint16" and big["dtype"] == "uint32"
-    assert (tmp_path / "s" / "train.bin").stat().st_size == 2 * small["train_tokens"]
-    assert (tmp_path / "b" / "train.bin").stat().st_size == 4 * big["train_tokens"]
-    assert decode_bin(tmp_path / "b" / "train.bin", "uint32") == decode_bin(
-        tmp_path / "s" / "train.bin", "uint16"
-    )
-
-
-def test_split_is_deterministic_by_seed() -> None:
-    docs = [f"doc {i}\n" for i in range(40)]
-    first = split_documents(docs, 0.25, seed=1)
-    assert split_documents(docs, 0.25, seed=1) == first
-    assert split_documents(docs, 0.25, seed=2) != first
-    train, val, how = first
-    assert how == "documents" and len(val) == 10 and sorted(train + val) == sorted(docs)
-
-
-def test_single_document_is_split_at_a_line_boundary(tmp_path: Path) -> None:
-    text = "".join(f"line {i}\n" for i in range(100))
-    train, val, how = split_documents([text], 0.05, seed=0)
-    assert how == "lines" and train[0] + val[0] == text
-    assert train[0].endswith("\n") and val[0].startswith("line ")
-    assert 0.02 < len(val[0]) / len(text) < 0.1
-
-    meta = prepare_tokens([text], ByteTokenizer(), tmp_path, 0.05, seed=0, progress=False)
-    assert meta["val_tokens"] > 1 and meta["val_documents"] == 1
-    # Even a text with no line breaks at all gets a non-empty val split.
-    assert all(split_text("x" * 50, 0.1))
-
-
-def test_truncated_token_file_is_reported(tmp_path: Path) -> None:
-    path = write(tmp_path / "train.bin", b"\x01\x00\x02")
-    with pytest.raises(ScratchLMError, match="not a whole number of uint16 tokens"):
-        load_tokens(path, "uint16")
-
-
-# --- batches -----------------------------------------------------------------------------------
-
-
-def test_batches_are_windows_shifted_by_one(tmp_path: Path) -> None:
-    path = write_tokens(tmp_path / "train.bin", np.arange(1000))
-    loader = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=0)
-    x, y = loader.next_batch()
-    assert x.shape == y.shape == (4, 16)
-    assert x.dtype == y.dtype == torch.int64
-    assert torch.equal(y, x + 1)
-    assert torch.equal(x, x[:, :1] + torch.arange(16))  # contiguous runs from the file
-    assert int(y.max()) <= 999
-
-
-def test_batches_reach_both_ends_of_the_file(tmp_path: Path) -> None:
-    path = write_tokens(tmp_path / "train.bin", np.arange(10), dtype="<u4")
-    loader = TokenBatches(path, block_size=8, batch_size=64, dtype="uint32", seed=0)
-    x, y = loader.next_batch()
-    assert set(x[:, 0].tolist()) == {0, 1} and int(y.max()) == 9
-
-
-def test_loader_state_round_trip(tmp_path: Path) -> None:
-    path = write_tokens(tmp_path / "train.bin", np.arange(5000) % 300)
-
-    def make(seed: int) -> TokenBatches:
-        return TokenBatches(path, block_size=32, batch_size=8, dtype="uint16", seed=seed)
-
-    original = make(seed=123)
-    for _ in range(3):
-        original.next_batch()
-    save_file(original.state_dict(), str(tmp_path / "loader.safetensors"))
-    expected = [original.next_batch() for _ in range(3)]
-
-    resumed = make(seed=999)  # the saved state overrides the seed
-    resumed.load_state_dict(load_file(str(tmp_path / "loader.safetensors")))
-    for (x, y), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(3)], strict=True):
-        assert torch.equal(x, rx) and torch.equal(y, ry)
-
-    with pytest.raises(ScratchLMError, match="no data loader state"):
-        resumed.load_state_dict({})
-
-
-def test_too_short_data_is_reported(tmp_path: Path) -> None:
-    path = write_tokens(tmp_path / "val.bin", np.arange(10))
-    with pytest.raises(ScratchLMError, match=r"has 10 tokens.*block_size \+ 1 = 17.*smaller"):
-        TokenBatches(path, block_size=16, batch_size=2, dtype="uint16", seed=0)
-    empty = write(tmp_path / "empty.bin", b"")
-    with pytest.raises(ScratchLMError, match="has 0 tokens"):
-        TokenBatches(empty, block_size=16, batch_size=2, dtype="uint16", seed=0)
-
-
-def test_eval_batches_are_fixed(tmp_path: Path) -> None:
-    path = write_tokens(tmp_path / "val.bin", np.arange(2000))
-    loader = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=0)
-    first = list(loader.eval_batches(5))
-    loader.next_batch()  # training draws must not move the evaluation windows
-    other = TokenBatches(path, block_size=16, batch_size=4, dtype="uint16", seed=42)
-    for batches in (list(loader.eval_batches(5)), list(other.eval_batches(5))):
-        assert len(batches) == 5
-        for (x, y), (ex, ey) in zip(batches, first, strict=True):
-            assert torch.equal(x, ex) and torch.equal(y, ey)
-    starts = torch.cat([x[:, 0] for x, _ in first])
-    assert int(starts[0]) == 0 and int(first[-1][1][-1, -1]) == 1999  # spread over the whole file
-    assert torch.equal(first[0][1], first[0][0] + 1)

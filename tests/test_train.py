@@ -139,13 +139,15 @@ def test_keep_last_checkpoints(tmp_path: Path) -> None:
     assert [p.name for p in list_checkpoints(config.run_dir)] == ["step_000030", "step_000040"]
 
 
-def test_resume_continues_the_same_run_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sampling", ["random", "epoch"])
+def test_resume_continues_the_same_run_exactly(sampling: str, tmp_path: Path) -> None:
     """Train 20 steps; throw away the step-20 checkpoint; resume from step 10 to 20 again.
 
     The resumed run must repeat the same steps with the same learning rates and data, and end
-    with bitwise-identical weights.
+    with bitwise-identical weights, whichever way the training windows are sampled.
     """
     config = tiny_config(tmp_path, max_steps=20, checkpoint_interval=10, keep_checkpoints=5)
+    config.data.sampling = sampling  # type: ignore[assignment]
     prepare_run(config)
     train_model(config, quiet=True)
     _, _, straight = load_trained_model(config.run_dir)

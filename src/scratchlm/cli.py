@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_commands.add_parser("fetch", help="download a named corpus into the cache")
     p.add_argument("name", help="corpus name (see `scratchlm data list`)")
     p.set_defaults(handler=cmd_data_fetch)
-    p = data_commands.add_parser("prepare", help="text -> train.bin / val.bin token files")
+    p = data_commands.add_parser("prepare", help="text -> train and val token shards")
     p.add_argument("sources", nargs="+", help="named corpora, text files or folders")
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json to encode with")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -185,15 +185,16 @@ def cmd_data_fetch(args: argparse.Namespace, extra: list[str]) -> None:
 
 def cmd_data_prepare(args: argparse.Namespace, extra: list[str]) -> None:
     from scratchlm.data.documents import read_documents
-    from scratchlm.data.prepare import prepare_tokens
+    from scratchlm.data.prepare import prepare_shards
     from scratchlm.tokenizer import BPETokenizer
 
     tokenizer = BPETokenizer.load(args.tokenizer)
     documents = read_documents(args.sources)
-    meta = prepare_tokens(documents, tokenizer, args.out, args.val_fraction, args.seed)
+    meta = prepare_shards(documents, tokenizer, args.out, args.val_fraction, args.seed)
+    shards = len(meta["train_shards"]) + len(meta["val_shards"])
     print(
         f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens "
-        f"to {args.out}"
+        f"to {args.out} ({shards} shards)"
     )
 
 
@@ -356,10 +357,9 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
     config, _, model = load_trained_model(args.run_dir, args.checkpoint, device)
     paths = RunPaths(config.run_dir)
     batches = TokenBatches(
-        paths.data / "val.bin",
+        paths.shards("val"),
         config.model.block_size,
         config.train.batch_size,
-        dtype=paths.token_dtype(),
         seed=0,
         device=str(device),
     )

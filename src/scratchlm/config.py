@@ -96,12 +96,19 @@ class DataConfig:
     sources: list[str] = field(default_factory=lambda: ["shakespeare"])
     val_fraction: float = 0.05  # share of documents held out for validation
     seed: int = 1337
+    # How training windows are picked: "random" (anywhere, with replacement) or "epoch" (every
+    # token once per epoch, in a new seeded order each epoch); see data/loader.py.
+    sampling: Literal["random", "epoch"] = "random"
 
     def validate(self) -> None:
         if not self.sources:
             raise ScratchLMError("data.sources is empty; name a corpus or give text files")
         if not 0.0 < self.val_fraction < 1.0:
             raise ScratchLMError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.sampling not in ("random", "epoch"):
+            raise ScratchLMError(
+                f"data.sampling = {self.sampling!r} is not allowed; choose 'random' or 'epoch'"
+            )
 
 
 @dataclass

@@ -3,7 +3,7 @@
     runs/<name>/
       config.toml          the full resolved config (model.vocab_size set from the tokenizer)
       tokenizer.json       the tokenizer the run trained, and tokenizer.vocab to read it
-      data/                train.bin, val.bin (token ids) and meta.json
+      data/                token shards train_000000.bin, ..., val_000000.bin, ... and meta.json
       checkpoints/step_NNNNNN/
       metrics.jsonl, loss.png, samples.txt
 
@@ -12,7 +12,6 @@ so it can be resumed, evaluated or sampled from without any other input.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ import torch
 from scratchlm.atomic_files import atomic_write_text
 from scratchlm.config import RunConfig, load_config
 from scratchlm.data.documents import read_documents
-from scratchlm.data.prepare import prepare_tokens, split_documents
+from scratchlm.data.prepare import prepare_shards, prepared_shards
+from scratchlm.data.split import Split, split_documents
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT
 from scratchlm.tokenizer import BPETokenizer, resolve_pattern
@@ -58,18 +58,17 @@ class RunPaths:
     def samples(self) -> Path:
         return self.root / "samples.txt"
 
-    def token_dtype(self) -> str:
-        """The dtype of data/train.bin and val.bin (uint16 or uint32), from data/meta.json."""
-        meta = json.loads((self.data / "meta.json").read_text(encoding="utf-8"))
-        return str(meta["dtype"])
+    def shards(self, split: Split) -> list[Path]:
+        """The token shards of `split` ("train" or "val"), as data/meta.json lists them."""
+        return prepared_shards(self.data, split)
 
     def is_prepared(self) -> bool:
-        data_files = [self.data / name for name in ("meta.json", "train.bin", "val.bin")]
-        return all(p.is_file() for p in (self.config, self.tokenizer, *data_files))
+        files = (self.config, self.tokenizer, self.data / "meta.json")
+        return all(p.is_file() for p in files)
 
 
 def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
-    """Read the corpus, train the tokenizer, write token files and config.toml into the run dir."""
+    """Read the corpus, train the tokenizer, write token shards and config.toml into the run dir."""
     paths = RunPaths(config.run_dir)
     if list_checkpoints(paths.root) and not overwrite:
         raise ScratchLMError(
@@ -101,7 +100,7 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
     tokenizer.save(paths.tokenizer)
     tokenizer.save_vocab(paths.root / "tokenizer.vocab")
 
-    meta = prepare_tokens(
+    meta = prepare_shards(
         documents,
         tokenizer,
         paths.data,

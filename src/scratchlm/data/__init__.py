@@ -1,11 +1,13 @@
-"""The data stage: named corpora and local text -> documents -> token files -> batches."""
+"""The data stage: named corpora and local text -> documents -> token shards -> batches."""
 
 from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.cache import cache_dir
 from scratchlm.data.documents import DocumentSet, load_documents, read_documents
-from scratchlm.data.prepare import TextEncoder, load_tokens, prepare_tokens, split_documents
+from scratchlm.data.prepare import TextEncoder, prepare_shards, prepared_shards
+from scratchlm.data.shards import TokenShard, TokenShardWriter, open_shard
 from scratchlm.data.sources import CorpusInfo, fetch_corpus, list_corpora
+from scratchlm.data.split import DocumentSplit, split_documents
 
 if TYPE_CHECKING:
     from scratchlm.data.loader import TokenBatches
@@ -24,14 +26,18 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CorpusInfo",
     "DocumentSet",
+    "DocumentSplit",
     "TextEncoder",
     "TokenBatches",
+    "TokenShard",
+    "TokenShardWriter",
     "cache_dir",
     "fetch_corpus",
     "list_corpora",
     "load_documents",
-    "load_tokens",
-    "prepare_tokens",
+    "open_shard",
+    "prepare_shards",
+    "prepared_shards",
     "read_documents",
     "split_documents",
 ]

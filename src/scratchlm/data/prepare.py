@@ -1,25 +1,40 @@
-"""Documents -> train.bin / val.bin / meta.json, the files the training loop reads.
+"""Documents -> token shards and meta.json, the files the training loader reads.
 
-A .bin file is the token ids of its documents, each followed by the end-of-text id, stored as
-raw little-endian uint16 (vocabularies up to 65,536) or uint32. No header: the dtype and counts
-are in meta.json, which is written last so its presence means the preparation finished.
+Documents stream through in order: each is sent to train or val (split.py), gathered into a
+batch of a few megabytes of text, encoded on every core at once with the tokenizer's
+`encode_batch`, and appended to that split's TokenShardWriter (shards.py) with an end-of-text
+id after each document. Memory holds one batch of text and its ids, however big the corpus.
+
+The output folder holds train_000000.bin, ..., val_000000.bin, ... and meta.json, which lists
+the shards and the counts. meta.json is removed first and written last, so its presence means
+the preparation finished.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import os
+from collections.abc import Iterable, Sequence, Sized
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
-import numpy as np
 from tqdm import tqdm
 
-from scratchlm.atomic_files import atomic_path, atomic_write_text
+from scratchlm.atomic_files import atomic_write_text
+from scratchlm.data.shards import DEFAULT_SHARD_TOKENS, TokenShardWriter, token_dtype
+from scratchlm.data.split import DocumentSplit, Split
+from scratchlm.data.split import split_documents as split_documents  # re-exported
 from scratchlm.errors import ScratchLMError
 
-# dtype name (as in meta.json) -> explicit little-endian numpy dtype, whatever the machine.
-TOKEN_DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+FORMAT = "scratchlm-token-shards"
+FORMAT_VERSION = 1
+SPLITS: tuple[Split, Split] = ("train", "val")
+
+# Text per encode_batch call: enough documents to keep every core busy and to make starting
+# the python engine's worker processes worth it, little enough that the ids (Python lists, ~36
+# bytes per token) stay around a hundred megabytes.
+BATCH_CHARS = 8 << 20
 
 
 class TextEncoder(Protocol):
@@ -31,144 +46,149 @@ class TextEncoder(Protocol):
     @property
     def eot_id(self) -> int: ...
 
-    def encode_ordinary(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int) -> list[list[int]]: ...
 
 
-def token_dtype_name(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= 2**16 else "uint32"
+def available_cores() -> int:
+    """The cores this process may run on (fewer than the machine's under a CPU limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def numpy_token_dtype(name: str) -> np.dtype:
-    if name not in TOKEN_DTYPES:
-        raise ScratchLMError(
-            f"unknown token dtype {name!r}; expected one of {', '.join(TOKEN_DTYPES)}"
-        )
-    return TOKEN_DTYPES[name]
-
-
-def prepare_tokens(
-    documents: list[str],
+def prepare_shards(
+    documents: Iterable[str],
     tokenizer: TextEncoder,
-    out_dir: Path,
+    out_dir: str | os.PathLike[str],
     val_fraction: float,
     seed: int,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    num_threads: int | None = None,
+    batch_chars: int = BATCH_CHARS,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Split, tokenize and write train.bin, val.bin and meta.json into out_dir; return the meta."""
+    """Split, tokenize and write the shards and meta.json into out_dir; return the meta.
+
+    `documents` may be a list (split exactly; see split.py) or any iterable, read once.
+    `num_threads` defaults to every available core.
+    """
     out_dir = Path(out_dir)
-    train_docs, val_docs, split_by = split_documents(documents, val_fraction, seed)
-    dtype_name = token_dtype_name(tokenizer.vocab_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # "prepared" only once we are done
+    count = len(documents) if isinstance(documents, Sized) else None
+    rule = DocumentSplit(val_fraction, seed, count)
+    threads = num_threads or available_cores()
+    stats = {split: {"documents": 0, "chars": 0, "bytes": 0} for split in SPLITS}
+
+    with ExitStack() as stack:
+        writers = {
+            split: stack.enter_context(
+                TokenShardWriter(
+                    out_dir, split, tokenizer.vocab_size, tokenizer.eot_id, shard_tokens
+                )
+            )
+            for split in SPLITS
+        }
+        bar = stack.enter_context(
+            tqdm(total=count, desc="tokenizing", unit="doc", disable=not progress)
+        )
+        batch: list[tuple[Split, str]] = []
+        batch_size = 0
+
+        def encode_and_write() -> None:
+            ids = tokenizer.encode_batch([text for _, text in batch], num_threads=threads)
+            for (split, text), doc_ids in zip(batch, ids, strict=True):
+                writers[split].add_document(doc_ids)
+                stats[split]["documents"] += 1
+                stats[split]["chars"] += len(text)
+                stats[split]["bytes"] += len(text.encode("utf-8"))
+            batch.clear()
+
+        for index, document in enumerate(documents):
+            for split, text in rule.parts(index, document):
+                batch.append((split, text))
+                batch_size += len(text)
+            if batch_size >= batch_chars:
+                encode_and_write()
+                batch_size = 0
+            bar.update(1)
+        if batch:
+            encode_and_write()
+
+    if not stats["train"]["documents"] or not stats["val"]["documents"]:
+        empty = "val" if stats["train"]["documents"] else "train"
+        total = stats["train"]["documents"] + stats["val"]["documents"]
+        _remove_shards(out_dir, keep=[])
+        raise ScratchLMError(
+            f"the seeded split left the {empty} set empty ({total} documents, val_fraction "
+            f"{val_fraction}); give more documents, or another val_fraction or seed"
+        )
+    shards = {split: writers[split].paths for split in SPLITS}
+    _remove_shards(out_dir, keep=[p for paths in shards.values() for p in paths])
+
     meta: dict[str, Any] = {
-        "dtype": dtype_name,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
         "val_fraction": val_fraction,
         "seed": seed,
-        "split_by": split_by,
+        "split_by": rule.by,
+        "shard_tokens": shard_tokens,
     }
-    bar = tqdm(
-        total=len(train_docs) + len(val_docs), desc="tokenizing", unit="doc", disable=not progress
-    )
-    with bar:
-        for split, docs in (("train", train_docs), ("val", val_docs)):
-            with atomic_path(out_dir / f"{split}.bin") as tmp, open(tmp, "wb") as f:
-                tokens = _write_tokens(docs, tokenizer, f, TOKEN_DTYPES[dtype_name], bar)
-            meta[f"{split}_documents"] = len(docs)
-            meta[f"{split}_tokens"] = tokens
-            meta[f"{split}_chars"] = sum(len(d) for d in docs)
-            meta[f"{split}_bytes"] = sum(len(d.encode("utf-8")) for d in docs)
+    for split in SPLITS:
+        meta[f"{split}_shards"] = [p.name for p in shards[split]]
+        meta[f"{split}_documents"] = stats[split]["documents"]
+        meta[f"{split}_tokens"] = writers[split].num_tokens
+        meta[f"{split}_chars"] = stats[split]["chars"]
+        meta[f"{split}_bytes"] = stats[split]["bytes"]
     # Compression of the text itself: UTF-8 bytes per token, not counting end-of-text tokens.
-    text_tokens = meta["train_tokens"] + meta["val_tokens"] - len(train_docs) - len(val_docs)
+    documents_total = meta["train_documents"] + meta["val_documents"]
+    text_tokens = meta["train_tokens"] + meta["val_tokens"] - documents_total
     text_bytes = meta["train_bytes"] + meta["val_bytes"]
     meta["bytes_per_token"] = round(text_bytes / text_tokens, 4) if text_tokens else 0.0
     atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def _write_tokens(
-    docs: list[str], tokenizer: TextEncoder, f: BinaryIO, dtype: np.dtype, bar: tqdm
-) -> int:
-    # One document at a time, so memory stays at one document's tokens however big the corpus.
-    total = 0
-    for doc in docs:
-        ids = np.array([*tokenizer.encode_ordinary(doc), tokenizer.eot_id], dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= tokenizer.vocab_size:
-            # A tokenizer bug, but storing it would silently wrap around in uint16.
-            raise ValueError(
-                f"token id out of range [0, {tokenizer.vocab_size}): {ids.min()}..{ids.max()}"
-            )
-        f.write(ids.astype(dtype).tobytes())
-        total += len(ids)
-        bar.update(1)
-    return total
+def _remove_shards(out_dir: Path, keep: list[Path]) -> None:
+    # Shards of an earlier, bigger preparation into the same folder, and the single-file
+    # train.bin / val.bin of the format before shards: nothing would read them any more.
+    kept = {p.name for p in keep}
+    for split in SPLITS:
+        stale = [*out_dir.glob(f"{split}_[0-9]*.bin"), out_dir / f"{split}.bin"]
+        for path in stale:
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
 
 
-def split_documents(
-    documents: list[str], val_fraction: float, seed: int
-) -> tuple[list[str], list[str], str]:
-    """(train, val, how): whole documents when there are enough, else the tail of each document.
-
-    By document: indices are shuffled with random.Random(seed) and the first round(n * fraction)
-    go to val (both splits keep the original document order). With too few documents for that
-    (e.g. one big file), every document is cut at a line boundary near its end and the last
-    ~val_fraction of it goes to val, so val is never empty.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ScratchLMError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    if not documents:
-        raise ScratchLMError("no documents to split into train and val")
-    n = len(documents)
-    n_val = int(n * val_fraction + 0.5)  # round half up (Python's round() rounds 0.5 to 0)
-    if 1 <= n_val < n:
-        order = list(range(n))
-        random.Random(seed).shuffle(order)
-        val_ids = set(order[:n_val])
-        train = [d for i, d in enumerate(documents) if i not in val_ids]
-        val = [d for i, d in enumerate(documents) if i in val_ids]
-        return train, val, "documents"
-    train, val = [], []
-    for doc in documents:
-        head, tail = split_text(doc, val_fraction)
-        if head:
-            train.append(head)
-        if tail:
-            val.append(tail)
-    if not train or not val:
+def prepared_shards(data_dir: str | os.PathLike[str], split: Split) -> list[Path]:
+    """The shards of `split` that `prepare_shards` wrote into data_dir, from its meta.json."""
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
         raise ScratchLMError(
-            f"too little text to split into train and val ({sum(map(len, documents))} "
-            "characters); add more text"
+            f"{data_dir} holds no prepared data (meta.json is missing); run `scratchlm data "
+            "prepare`, or train the run again"
         )
-    return train, val, "lines"
-
-
-def split_text(text: str, tail_fraction: float) -> tuple[str, str]:
-    """Cut text in two near len * (1 - tail_fraction), at a line boundary where there is one."""
-    if len(text) < 2:
-        return text, ""
-    cut = int(len(text) * (1.0 - tail_fraction))
-    cut = min(max(cut, 1), len(text) - 1)
-    after = text.find("\n", cut)
-    before = text.rfind("\n", 0, cut)
-    # Prefer the first line break at or after the target, unless it leaves nothing for the tail.
-    if 0 <= after < len(text) - 1:
-        cut = after + 1
-    elif before > 0:
-        cut = before + 1
-    return text[:cut], text[cut:]
-
-
-def load_tokens(path: Path, dtype: str) -> np.ndarray:
-    """Memory-map a .bin token file read-only (an empty file gives an empty array)."""
-    path = Path(path)
-    np_dtype = numpy_token_dtype(dtype)
-    if not path.is_file():
-        raise ScratchLMError(f"no such token file: {path}; prepare the data first")
-    size = path.stat().st_size
-    if size % np_dtype.itemsize:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ScratchLMError(f"{meta_path} is not valid JSON; prepare the data again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if (data_dir / f"{split}.bin").is_file():
+            what = "the single-file train.bin / val.bin format of scratchlm before token shards"
+        else:
+            what = "an unknown format (its meta.json does not name the token shard format)"
         raise ScratchLMError(
-            f"{path}: {size} bytes is not a whole number of {dtype} tokens; the file is "
-            "truncated or was written with another dtype; prepare the data again"
+            f"{data_dir} holds token files in {what}, which this version no longer reads; "
+            "rebuild them as shards: `scratchlm train --config RECIPE --overwrite` for a run, "
+            "or `scratchlm data prepare ... --out` that folder"
         )
-    if size == 0:
-        return np.zeros(0, dtype=np_dtype)  # np.memmap refuses empty files
-    return np.memmap(path, dtype=np_dtype, mode="r")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ScratchLMError(
+            f"{meta_path}: token shard layout version {meta.get('format_version')}, but this "
+            f"scratchlm reads version {FORMAT_VERSION}; prepare the data again"
+        )
+    return [data_dir / name for name in meta[f"{split}_shards"]]

@@ -32,6 +32,10 @@ from scratchlm.train.metrics import MetricsLog, plot_loss
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.schedule import learning_rate_at
 
+# The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
+# tensor under this prefix.
+LOADER_PREFIX = "train_loader."
+
 
 @dataclass
 class TrainResult:
@@ -52,20 +56,18 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
 
     model = GPT(config.model).to(device)
     optimizer = build_optimizer(model, tc)
-    data_meta_dtype = paths.token_dtype()
     train_batches = TokenBatches(
-        paths.data / "train.bin",
+        paths.shards("train"),
         config.model.block_size,
         tc.batch_size,
-        dtype=data_meta_dtype,
         seed=tc.seed,
+        sampling=config.data.sampling,
         device=str(device),
     )
     val_batches = TokenBatches(
-        paths.data / "val.bin",
+        paths.shards("val"),
         config.model.block_size,
         tc.batch_size,
-        dtype=data_meta_dtype,
         seed=tc.seed + 1,
         device=str(device),
     )
@@ -75,7 +77,13 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         last = list_checkpoints(paths.root)[-1]
         state, rng = load_checkpoint(last, model, optimizer)
         torch.set_rng_state(rng["torch"])
-        train_batches.load_state_dict({"generator_state": rng["train_loader"]})
+        train_batches.load_state_dict(
+            {
+                k.removeprefix(LOADER_PREFIX): v
+                for k, v in rng.items()
+                if k.startswith(LOADER_PREFIX)
+            }
+        )
         metrics.truncate_after(state.step)
         if state.step >= tc.max_steps:
             print(
@@ -97,10 +105,8 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         )
 
     def rng_states() -> dict[str, torch.Tensor]:
-        return {
-            "torch": torch.get_rng_state(),
-            "train_loader": train_batches.state_dict()["generator_state"],
-        }
+        loader = {LOADER_PREFIX + k: v for k, v in train_batches.state_dict().items()}
+        return {"torch": torch.get_rng_state(), **loader}
 
     def checkpoint() -> Path:
         return save_checkpoint(
