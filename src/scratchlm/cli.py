@@ -3,6 +3,8 @@
     scratchlm data list | fetch NAME | prepare SOURCE... --tokenizer T --out DIR
     scratchlm tokenizer train SOURCE... --vocab-size N --out T | encode | decode
     scratchlm tokenizer study --input SOURCE... --sizes 512,1024,2048 [--width W] [--out DIR]
+    scratchlm tokenizer export --tokenizer T --format hf|tiktoken|gpt2 --out PATH
+    scratchlm tokenizer import FILE... --format hf|tiktoken|gpt2 | --pretrained NAME --out T
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
     scratchlm generate RUN_DIR --prompt "..."
     scratchlm eval RUN_DIR
@@ -22,6 +24,8 @@ from pathlib import Path
 from scratchlm.errors import ScratchLMError
 
 # Heavy imports (torch, the model) happen inside the commands, so `--help` is instant.
+
+TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +108,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-fraction", type=float, default=0.1, help="documents held out")
     p.add_argument("--seed", type=int, default=1337, help="seed of the held-out split")
     p.set_defaults(handler=cmd_tokenizer_study)
+    p = tok_commands.add_parser(
+        "export", help="write a tokenizer as Hugging Face, tiktoken or GPT-2 files"
+    )
+    p.add_argument("--tokenizer", required=True, type=Path, help="scratchlm tokenizer.json")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=TOKENIZER_FORMATS,
+        help="hf: tokenizer.json for the tokenizers library; tiktoken: a rank file; "
+        "gpt2: vocab.json + merges.txt (GPT-2's encoder.json + vocab.bpe)",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output file (a folder for --format gpt2)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(handler=cmd_tokenizer_export)
+    p = tok_commands.add_parser(
+        "import", help="a scratchlm tokenizer from Hugging Face, tiktoken or GPT-2 files"
+    )
+    p.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="hf: tokenizer.json; tiktoken: the rank file; gpt2: vocab.json (encoder.json) "
+        "then merges.txt (vocab.bpe)",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--format", choices=TOKENIZER_FORMATS, help="the format of FILE...")
+    source.add_argument(
+        "--pretrained", metavar="NAME", help="gpt2, cl100k_base or o200k_base (no FILE needed)"
+    )
+    p.add_argument(
+        "--pattern", help="split pattern: required for tiktoken; gpt2 defaults to GPT-2's"
+    )
+    p.add_argument(
+        "--special",
+        action="append",
+        default=None,
+        metavar="TOKEN=ID",
+        help="a special token of a tiktoken rank file, e.g. '<|endoftext|>=100257' (repeatable)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="where to write tokenizer.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=cmd_tokenizer_import)
 
     # train -----------------------------------------------------------------------------------
     p = commands.add_parser(
@@ -273,6 +321,126 @@ def cmd_tokenizer_study(args: argparse.Namespace, extra: list[str]) -> None:
     json_path, png_path = save_study(result, args.out)
     print(format_table(result))
     print(f"wrote {json_path} and {png_path}")
+
+
+def cmd_tokenizer_export(args: argparse.Namespace, extra: list[str]) -> None:
+    import shlex
+
+    from scratchlm.tokenizer import BPETokenizer
+    from scratchlm.tokenizer.patterns import NAMED_PATTERNS
+
+    if args.format == "gpt2":
+        outputs = [args.out / "vocab.json", args.out / "merges.txt"]
+    else:
+        outputs = [args.out]
+    _refuse_to_overwrite(outputs, args.overwrite)
+    tokenizer = BPETokenizer.load(args.tokenizer)
+    if args.format == "hf":
+        from scratchlm.tokenizer.hf_format import save_hf_tokenizer
+
+        checked = save_hf_tokenizer(tokenizer, args.out)
+        note = (
+            "checked: the tokenizers library encodes it as scratchlm does"
+            if checked
+            else "not checked: the tokenizers library is not installed"
+        )
+        print(f"wrote {args.out}, a Hugging Face tokenizer.json ({note})")
+    elif args.format == "gpt2":
+        from scratchlm.tokenizer.gpt2_format import save_gpt2_files
+
+        save_gpt2_files(tokenizer, outputs[0], outputs[1])
+        print(f"wrote {outputs[0]} and {outputs[1]} (GPT-2's encoder.json and vocab.bpe)")
+    else:
+        from scratchlm.tokenizer.tiktoken_format import save_tiktoken_file
+
+        save_tiktoken_file(tokenizer, args.out)
+        # The rank file keeps only the tokens: say what else is needed to read it back.
+        names = {regex: name for name, regex in NAMED_PATTERNS.items()}
+        command = [
+            "scratchlm tokenizer import --format tiktoken",
+            shlex.quote(str(args.out)),
+            "--pattern",
+            shlex.quote(names.get(tokenizer.pattern, tokenizer.pattern)),
+            *(
+                f"--special {shlex.quote(f'{name}={token_id}')}"
+                for name, token_id in tokenizer.special_tokens.items()
+            ),
+            "--out TOKENIZER.json",
+        ]
+        print(
+            f"wrote {args.out}, a tiktoken rank file of {len(tokenizer.vocab) - len(tokenizer.special_tokens):,} tokens"
+        )
+        print(f"it holds no split pattern or special tokens; to read it back: {' '.join(command)}")
+
+
+def cmd_tokenizer_import(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.tokenizer import resolve_pattern
+
+    wanted = {"hf": 1, "tiktoken": 1, "gpt2": 2, None: 0}[args.format]
+    if len(args.files) != wanted:
+        what = {
+            "hf": "one file, the tokenizer.json",
+            "tiktoken": "one file, the rank file",
+            "gpt2": "two files, vocab.json (encoder.json) then merges.txt (vocab.bpe)",
+            None: "no files with --pretrained",
+        }[args.format]
+        got = f"{len(args.files)} input file{'' if len(args.files) == 1 else 's'}"
+        raise ScratchLMError(f"got {got}; give {what}")
+    if args.special is not None and args.format != "tiktoken":
+        raise ScratchLMError(
+            "--special is only for --format tiktoken; the other sources name theirs"
+        )
+    if args.pattern is not None and args.format not in ("tiktoken", "gpt2"):
+        raise ScratchLMError(
+            "--pattern is only for --format tiktoken or gpt2; the other sources have their own"
+        )
+    if args.format == "tiktoken" and args.pattern is None:
+        raise ScratchLMError(
+            "--format tiktoken needs --pattern: a rank file holds no split pattern (cl100k, "
+            "o200k, r50k, gpt2, gpt4 or a regex)"
+        )
+    pattern = resolve_pattern(args.pattern) if args.pattern is not None else None
+    specials = _parse_specials(args.special or [])
+    _refuse_to_overwrite([args.out], args.overwrite)
+    if args.pretrained is not None:
+        from scratchlm.tokenizer.pretrained import load_pretrained
+
+        tokenizer = load_pretrained(args.pretrained)
+    elif args.format == "hf":
+        from scratchlm.tokenizer.hf_format import load_hf_tokenizer
+
+        tokenizer = load_hf_tokenizer(args.files[0])
+    elif args.format == "gpt2":
+        from scratchlm.tokenizer.gpt2_format import load_gpt2_files
+
+        tokenizer = load_gpt2_files(args.files[0], args.files[1], pattern=pattern or "r50k")
+    else:
+        from scratchlm.tokenizer.tiktoken_format import load_tiktoken_file
+
+        assert pattern is not None
+        tokenizer = load_tiktoken_file(args.files[0], pattern, specials)
+    tokenizer.save(args.out)
+    print(f"saved a {tokenizer.vocab_size:,}-token tokenizer to {args.out}")
+
+
+def _parse_specials(items: list[str]) -> dict[str, int]:
+    specials: dict[str, int] = {}
+    for item in items:
+        name, equals, number = item.rpartition("=")
+        if not equals or not name or not number.isdigit():
+            raise ScratchLMError(f"--special {item!r} is not TOKEN=ID, e.g. '<|endoftext|>=100257'")
+        if name in specials:
+            raise ScratchLMError(f"--special gives {name!r} twice")
+        specials[name] = int(number)
+    return specials
+
+
+def _refuse_to_overwrite(paths: list[Path], overwrite: bool) -> None:
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise ScratchLMError(f"{path} already exists; pass --overwrite to replace it")
+        if path.is_dir():
+            raise ScratchLMError(f"{path} is a folder; give a file name")
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
