@@ -6,10 +6,13 @@ The text is Shakespeare + the King James Bible + the chitchat conversations (fet
 scratchlm.data.sources), shuffled by document with a fixed seed and cut at --mb megabytes; 10%
 of the documents are held out. For each vocabulary size it measures:
 
-- training time of BPETokenizer.train, HF's BpeTrainer and rustbpe, all with the same split
-  pattern (ours, GPT-4's) and the same number of merges;
-- encoding throughput on the held-out text: our encode_ordinary (whatever engine it picks),
-  tiktoken given our merges as ranks, and HF's encode_batch;
+- training time of BPETokenizer.train (on every core, and in one process), HF's BpeTrainer and
+  rustbpe, all with the same split pattern (ours, GPT-4's) and the same number of merges;
+- whether our merges are rustbpe's, in the same order (both break ties to the smallest pair);
+- encoding throughput on the held-out text: our encode_ordinary with the default engine
+  ("auto", which hands our ranks to tiktoken when it is installed) and with our pure-Python
+  reference encoder (engine="python"), tiktoken given our merges as ranks, HF's encode_batch
+  and rustbpe's batch_encode;
 - bytes per token on the held-out text for each trained tokenizer.
 
 A library that is missing or fails is reported in the output and skipped; the rest still run.
@@ -32,6 +35,7 @@ from typing import Any
 
 from scratchlm.data.documents import read_documents
 from scratchlm.data.prepare import split_documents
+from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer
 
 CORPORA = ("shakespeare", "kjv", "chitchat")
@@ -74,6 +78,11 @@ def train_ours(train: list[str], vocab_size: int, pattern: str) -> BPETokenizer:
     return BPETokenizer.train(train, vocab_size, pattern=pattern, special_tokens=[EOT])
 
 
+def train_ours_one_process(train: list[str], vocab_size: int, pattern: str) -> BPETokenizer:
+    # workers=1: the chunks are counted in this process, without worker processes.
+    return BPETokenizer.train(train, vocab_size, pattern=pattern, special_tokens=[EOT], workers=1)
+
+
 def train_hf(train: list[str], vocab_size: int, pattern: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -105,6 +114,21 @@ def train_rustbpe(train: list[str], vocab_size: int, pattern: str) -> Any:
     # gives the same number of merges.
     tokenizer.train_from_iterator(iter(train), vocab_size - 1, pattern=pattern)
     return tokenizer
+
+
+def same_merges(ours: BPETokenizer, rust: Any) -> bool:
+    """Whether rustbpe learned our tokens, in our order (its ranks are our ids)."""
+    theirs = [token for token, _ in sorted(rust.get_mergeable_ranks(), key=lambda item: item[1])]
+    return theirs == [ours.vocab[i] for i in range(256 + len(ours.merges))]
+
+
+def auto_engine(tokenizer: BPETokenizer) -> str:
+    """The engine encode(engine="auto") uses for this tokenizer."""
+    try:
+        tokenizer.tiktoken_encoding()
+    except ScratchLMError:
+        return "python"
+    return "tiktoken"
 
 
 def tiktoken_from_ours(tokenizer: BPETokenizer) -> Any:
@@ -162,13 +186,24 @@ def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[st
     # Training ----------------------------------------------------------------------------
     print(f"vocabulary {vocab_size:,}: training", file=sys.stderr, flush=True)
     trained: dict[str, Any] = {}
-    for name, trainer in (("ours", train_ours), ("hf", train_hf), ("rustbpe", train_rustbpe)):
+    trainers = (
+        ("ours", train_ours),
+        ("ours_1proc", train_ours_one_process),
+        ("hf", train_hf),
+        ("rustbpe", train_rustbpe),
+    )
+    for name, trainer in trainers:
         outcome = attempt(row, f"train {name}", lambda t=trainer: t(train, vocab_size, PATTERN))
         if outcome is not None:
             trained[name], row[f"train_s_{name}"] = outcome
             log(f"train {name}", outcome[1])
     if "ours" in trained:
         row["merges_ours"] = len(trained["ours"].merges)
+    if "ours" in trained and "ours_1proc" in trained:
+        # Counting in worker processes must not change what is learned.
+        row["one_process_matches_ours"] = trained["ours_1proc"].merges == trained["ours"].merges
+    if "ours" in trained and "rustbpe" in trained:
+        row["rustbpe_matches_ours"] = same_merges(trained["ours"], trained["rustbpe"])
     if "hf" in trained:
         row["vocab_hf"] = trained["hf"].get_vocab_size()
 
@@ -177,7 +212,13 @@ def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[st
     if "ours" in trained:
         ours = trained["ours"]
         ours.encode_ordinary("warm up")  # builds a lazy fast engine, if any, outside the timing
+        row["auto_engine"] = auto_engine(ours)
         encoders["ours"] = lambda docs: [len(ours.encode_ordinary(d)) for d in docs]
+        # A fresh copy, so its chunk cache starts empty as it would for a new tokenizer.
+        python = BPETokenizer(ours.pattern, ours.merges, ours.special_tokens)
+        encoders["ours_python"] = lambda docs: [
+            len(python.encode_ordinary(d, engine="python")) for d in docs
+        ]
         fast = attempt(row, "tiktoken from our ranks", lambda: tiktoken_from_ours(ours))
         if fast is not None:
             encoding = fast[0]
@@ -196,14 +237,15 @@ def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[st
         counts[name], seconds = outcome
         row[f"encode_mb_s_{name}"] = mb / seconds
         log(f"encode {name} ({mb:.2f} MB held out)", seconds)
-        if name != "tiktoken":  # the same tokenizer as ours: its count is checked below
+        if name not in ("tiktoken", "ours_python"):  # ours again: checked below
             row[f"bytes_per_token_{name}"] = heldout_bytes / max(sum(counts[name]), 1)
-    if "ours" in counts and "tiktoken" in counts:
-        # Same ranks, same pattern: tiktoken must produce exactly our token counts.
-        row["tiktoken_matches_ours"] = counts["tiktoken"] == counts["ours"]
+    # Same ranks, same pattern: tiktoken and our Python encoder must give exactly our counts.
+    for other in ("tiktoken", "ours_python"):
+        if "ours" in counts and other in counts:
+            row[f"{other}_matches_ours"] = counts[other] == counts["ours"]
 
     # Ratios ------------------------------------------------------------------------------
-    for other in ("hf", "rustbpe"):
+    for other in ("ours_1proc", "hf", "rustbpe"):
         if "train_s_ours" in row and f"train_s_{other}" in row:
             row[f"train_ratio_ours_{other}"] = row["train_s_ours"] / row[f"train_s_{other}"]
         if "bytes_per_token_ours" in row and f"bytes_per_token_{other}" in row:
@@ -229,27 +271,38 @@ def print_table(results: dict[str, Any]) -> None:
     for row in results["rows"]:
         get = row.get
         print(f"\nvocabulary {row['vocab_size']:,} ({fmt(get('merges_ours'), ',')} merges)")
-        header = f"  {'':<12} {'train s':>9} {'ours/it':>7} {'encode MB/s':>12} {'bytes/token':>12}"
+        header = f"  {'':<24} {'train s':>9} {'ours/it':>7} {'encode MB/s':>12} {'bytes/token':>12}"
         print(header)
         print("  " + "-" * (len(header) - 2))
+        engine = get("auto_engine", "n/a")
         for name, label in (
-            ("ours", "scratchlm"),
+            ("ours", f"scratchlm ({engine})"),
+            ("ours_1proc", "scratchlm, one process"),
+            ("ours_python", "scratchlm (python)"),
             ("tiktoken", "tiktoken*"),
-            ("hf", "HF"),
+            ("hf", "HF tokenizers"),
             ("rustbpe", "rustbpe"),
         ):
             ratio = get(f"train_ratio_ours_{name}")
             print(
-                f"  {label:<12} {fmt(get(f'train_s_{name}'), '9.2f'):>9} "
-                f"{fmt(ratio, '6.1f') + 'x' if ratio else '':>7} "
+                f"  {label:<24} {fmt(get(f'train_s_{name}'), '9.2f'):>9} "
+                f"{fmt(ratio, '6.2f') + 'x' if ratio else '':>7} "
                 f"{fmt(get(f'encode_mb_s_{name}'), '12.2f'):>12} "
                 f"{fmt(get(f'bytes_per_token_{name}'), '12.3f'):>12}"
             )
-        matches = get("tiktoken_matches_ours")
         print(
-            "  * tiktoken given our merges as ranks (no training of its own); "
-            f"same tokens as ours: {'n/a' if matches is None else 'yes' if matches else 'NO'}"
+            "  scratchlm trains on every core (the second row: in one process) and encodes with\n"
+            f'  its default engine ("auto", here {engine}) and with its Python encoder (third row).'
         )
+        print("  * tiktoken given our merges as ranks (no training of its own).")
+        for key, what in (
+            ("one_process_matches_ours", "same merges in one process as on every core"),
+            ("rustbpe_matches_ours", "same merges, in the same order, as rustbpe"),
+            ("ours_python_matches_ours", "same tokens from our Python encoder"),
+            ("tiktoken_matches_ours", "same tokens from tiktoken*"),
+        ):
+            value = get(key)
+            print(f"  {what}: {'n/a' if value is None else 'yes' if value else 'NO'}")
         for other in ("hf", "rustbpe"):
             ratio = get(f"bytes_per_token_ratio_ours_{other}")
             if ratio is not None:

@@ -5,23 +5,32 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
 from pydoc_data.topics import topics
+from typing import Any
 
+import numpy as np
 import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchlm.data.documents import read_documents
+from scratchlm.data.sources import fetch_corpus
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import (
     GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
     BPETokenizer,
     resolve_pattern,
+    training,
 )
+from scratchlm.tokenizer.patterns import NAMED_PATTERNS
+from scratchlm.tokenizer.training import train_bpe_from_files
 
 EOT = "<|endoftext|>"
 
@@ -36,7 +45,46 @@ def pydoc_tokenizer() -> BPETokenizer:
 
 
 def naive_train(text: str, vocab_size: int, pattern: str) -> dict[tuple[int, int], int]:
-    """Reference trainer: recount every pair over every chunk before each merge."""
+    """Reference trainer: recount every pair of every chunk before each merge.
+
+    numpy does the counting, so the reference runs in seconds on a few hundred KB; the
+    algorithm is still the textbook one (check_reference below compares it with plain loops).
+    """
+    chunk_counts = Counter(regex.findall(pattern, text))
+    # All the distinct chunks in one array, each followed by -1 so that no pair spans two
+    # chunks; weights[i] is how often the chunk holding position i occurs.
+    id_list: list[int] = []
+    weight_list: list[int] = []
+    for chunk, n in chunk_counts.items():
+        data = chunk.encode("utf-8")
+        id_list += [*data, -1]
+        weight_list += [n] * (len(data) + 1)
+    ids, weights = np.array(id_list), np.array(weight_list)
+    merges: dict[tuple[int, int], int] = {}
+    for new_id in range(256, vocab_size):
+        left, right = ids[:-1], ids[1:]
+        real = (left >= 0) & (right >= 0)
+        if not real.any():
+            break
+        # Pairs as numbers a * vocab_size + b: sorted like the pairs, so the first of the
+        # highest counts is the lexicographically smallest pair, the tie-break.
+        pairs, which = np.unique(left[real] * vocab_size + right[real], return_inverse=True)
+        counts = np.bincount(which, weights=weights[:-1][real])
+        best = divmod(int(pairs[np.argmax(counts)]), vocab_size)
+        merges[best] = new_id
+        # Replace occurrences left to right; in a run like a a a only the first a a merges.
+        starts: list[int] = []
+        for i in np.flatnonzero((left == best[0]) & (right == best[1])).tolist():
+            if not starts or i > starts[-1] + 1:
+                starts.append(i)
+        ids[starts] = new_id
+        seconds = [i + 1 for i in starts]
+        ids, weights = np.delete(ids, seconds), np.delete(weights, seconds)
+    return merges
+
+
+def textbook_train(text: str, vocab_size: int, pattern: str) -> dict[tuple[int, int], int]:
+    """naive_train written with plain loops: slow, and obviously what BPE says."""
     chunk_counts = Counter(regex.findall(pattern, text))
     words = [(list(chunk.encode("utf-8")), n) for chunk, n in chunk_counts.items()]
     merges: dict[tuple[int, int], int] = {}
@@ -66,6 +114,21 @@ def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+@functools.cache
+def corpus_text(name: str, limit: int = 120_000) -> str:
+    """The first `limit` characters of a named corpus (downloaded into the cache once)."""
+    if name == "pydocs":
+        return PYDOC_TEXT[:limit]
+    parts: list[str] = []
+    size = 0
+    for path in sorted(fetch_corpus(name).glob("*.txt")):
+        parts.append(path.read_text(encoding="utf-8"))
+        size += len(parts[-1])
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
+
+
 # ------------------------------------------------------------------------------- training
 
 
@@ -79,15 +142,24 @@ def test_wikipedia_example_exact_merges() -> None:
     assert tok.vocab_size == 259
 
 
-@pytest.mark.parametrize(
-    ("start", "pattern"),
-    [(0, GPT4_SPLIT_PATTERN), (200_000, GPT2_SPLIT_PATTERN)],
-    ids=["gpt4", "gpt2"],
-)
-def test_fast_trainer_matches_naive_reference(start: int, pattern: str) -> None:
-    text = PYDOC_TEXT[start : start + 100_000]
-    tok = BPETokenizer.train(text, vocab_size=512, pattern=pattern, special_tokens=())
-    assert tok.merges == naive_train(text, 512, pattern)
+def test_naive_reference_is_the_textbook_loop() -> None:
+    # Runs of one byte and of one pair are where merging left to right matters.
+    text = "aaaaaaa bbbbbb aaa ababab abababa aaaaaaaabab abcabcabc " * 3 + PYDOC_TEXT[:3_000]
+    for pattern in (GPT4_SPLIT_PATTERN, r"[\s\S]+"):
+        assert naive_train(text, 330, pattern) == textbook_train(text, 330, pattern)
+
+
+@pytest.mark.parametrize("corpus", ["pydocs", "shakespeare", "kjv", "chitchat"])
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_fast_trainer_matches_naive_reference_on_real_text(corpus: str, pattern: str) -> None:
+    text = corpus_text(corpus)
+    regex_ = resolve_pattern(pattern)
+    # Training is the same at every size up to the last merge, so one reference run at the
+    # largest size gives the expected merges of the smaller ones.
+    reference = list(naive_train(text, 1024, regex_).items())
+    for vocab_size in (300, 512, 1024):
+        tok = BPETokenizer.train(text, vocab_size, pattern=pattern, special_tokens=())
+        assert list(tok.merges.items()) == reference[: vocab_size - 256], vocab_size
 
 
 def test_training_is_deterministic() -> None:
@@ -102,6 +174,192 @@ def test_iterable_of_documents_equals_documents_split_by_eot() -> None:
     from_list = BPETokenizer.train(docs, vocab_size=350)
     from_joined = BPETokenizer.train(EOT.join(docs), vocab_size=350)
     assert from_list.merges == from_joined.merges
+
+
+# Streaming: files and long documents are counted in pieces, cut where no chunk can straddle.
+
+
+def mixed_text(limit: int = 40_000) -> str:
+    """Every kind of real text, with CRLF line ends, tabs, digits and non-ASCII letters."""
+    return "".join(
+        corpus_text(name, limit // 4) for name in ("pydocs", "shakespeare", "kjv", "chitchat")
+    )
+
+
+# The characters that decide where chunks end: letters of both cases, a digit, punctuation,
+# "/" (o200k glues it to newlines), spaces, newlines, \r, a tab and a no-break space.
+_DECISIVE = "aZ1./' \n\r\t\u00a0"
+
+
+def _cuts(text: str) -> list[int]:
+    """Every place the rule of scratchlm.tokenizer.training allows a cut."""
+    return [
+        m.start() + (1 if m.group()[1] == " " else 2)
+        for m in training._CUT_FORWARD.finditer(text, overlapped=True)
+    ]
+
+
+def _assert_cuts_change_nothing(text: str) -> None:
+    cuts = _cuts(text)
+    for pattern in NAMED_PATTERNS.values():
+        whole = regex.findall(pattern, text)
+        for cut in cuts:
+            halves = regex.findall(pattern, text[:cut]) + regex.findall(pattern, text[cut:])
+            assert halves == whole, (pattern, text, cut)
+
+
+def test_every_named_pattern_splits_the_same_on_both_sides_of_a_cut() -> None:
+    # The rule: before the space of "X ", after the newline of "X\nL" (X not whitespace, L a
+    # letter). It is local, so trying it on every short string of these characters tries it on
+    # every situation the patterns tell apart.
+    for size in range(2, 5):
+        for chars in itertools.product(_DECISIVE, repeat=size):
+            _assert_cuts_change_nothing("".join(chars))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*_DECISIVE, "é", "字", "\u0301", "-", "s"]), max_size=80))
+def test_cuts_change_nothing_in_longer_random_text(text: str) -> None:
+    _assert_cuts_change_nothing(text)
+
+
+def _count(text: object, pattern: str = "gpt4", **kwargs: Any) -> dict[bytes, int]:
+    return training.count_chunks(text, resolve_pattern(pattern), (EOT,), workers=1, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", "o200k"])
+def test_long_document_counted_in_pieces_equals_counted_whole(
+    pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = mixed_text() + f"a {EOT}b c{EOT}\n{EOT}d"
+    whole = _count(text, pattern)
+    monkeypatch.setattr(training, "PIECE_CHARS", 37)
+    pieces = _spy_on_pieces(monkeypatch, "_document")
+    assert _count(text, pattern) == whole
+    assert len(pieces) > 500 and "".join(pieces) == text
+
+
+def _spy_on_pieces(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
+    """Record the pieces that _TextReader.<method> (_document or _file) yields."""
+    pieces: list[str] = []
+    real = getattr(training._TextReader, method)
+
+    def spy(reader: Any, source: Any) -> Any:
+        for piece, size in real(reader, source):
+            pieces.append(piece)
+            yield piece, size
+
+    monkeypatch.setattr(training._TextReader, method, spy)
+    return pieces
+
+
+def _write_files(folder: Path, texts: list[str], newline: str = "\n") -> list[Path]:
+    paths = []
+    for i, text in enumerate(texts):
+        path = folder / f"doc{i}.txt"
+        path.write_bytes(text.replace("\n", newline).encode("utf-8"))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("read_bytes", [7, 64, 1 << 20])
+def test_files_read_in_blocks_equal_the_documents_read_whole(
+    read_bytes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny blocks put block ends inside multi-byte characters, \r\n pairs and special tokens.
+    docs = [mixed_text(8_000), f"x{EOT}y é\n字\n\n", "\ufeffbom first", "   ", "z" * 100]
+    paths = _write_files(tmp_path, docs, newline="\r\n")
+    monkeypatch.setattr(training, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(training, "PIECE_CHARS", 50)
+    # What `scratchlm.data` reads: no \r, no byte-order mark, no whitespace-only document.
+    expected = read_documents([str(path) for path in paths])
+    assert len(expected) == len(docs) - 1
+    assert "\r" not in "".join(expected) and "\ufeff" not in "".join(expected)
+    pieces = _spy_on_pieces(monkeypatch, "_file")
+    assert _count(paths) == _count(expected) == _count(EOT.join(expected))
+    assert "".join(pieces) == "".join(expected)
+    assert len(pieces) > (100 if read_bytes < 100 else 0)
+
+
+def test_training_from_files_equals_training_from_the_joined_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = [corpus_text(name, 30_000) for name in ("shakespeare", "kjv", "chitchat")]
+    paths = _write_files(tmp_path, docs)
+    monkeypatch.setattr(training, "READ_BYTES", 1000)
+    from_files = train_bpe_from_files(paths, 600)
+    from_paths_and_text = BPETokenizer.train([paths[0], docs[1], paths[2]], 600)
+    from_joined = BPETokenizer.train(EOT.join(docs), 600)
+    assert list(from_files.merges.items()) == list(from_joined.merges.items())
+    assert from_paths_and_text.merges == from_joined.merges
+
+
+def test_bad_training_files_are_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9\nna\u00efve".encode("latin-1"))
+    with pytest.raises(
+        ScratchLMError, match=r"latin1\.txt: not UTF-8 .*0xe9 .*offset 3 \(line 1\)"
+    ):
+        train_bpe_from_files([bad], 300)
+    with pytest.raises(ScratchLMError, match=r"cannot read training file .*nope\.txt"):
+        train_bpe_from_files([tmp_path / "nope.txt"], 300)
+    with pytest.raises(ScratchLMError, match="string, a file path, or an iterable"):
+        BPETokenizer.train(["ok", b"bytes"], 300)  # type: ignore[list-item]
+
+
+def test_parallel_counting_equals_serial_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = [corpus_text(name, 50_000) for name in ("pydocs", "shakespeare", "kjv", "chitchat")]
+    serial = training.count_chunks(docs, GPT4_SPLIT_PATTERN, (EOT,), workers=1)
+    monkeypatch.setattr(training, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(training, "BATCH_BYTES", 20_000)  # about ten batches, two workers
+    used: list[int] = []
+    real = training._count_in_workers
+
+    def spy(*args: Any) -> Any:
+        used.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(training, "_count_in_workers", spy)
+    parallel = training.count_chunks(docs, GPT4_SPLIT_PATTERN, (EOT,), workers=2)
+    assert used == [2]
+    assert parallel == serial
+    # A worker's error reaches the caller as it would from this process.
+    with pytest.raises(ScratchLMError, match="skips"):
+        training.count_chunks(docs, r"\w+", (), workers=2)
+
+
+def test_script_without_main_guard_still_trains(tmp_path: Path) -> None:
+    # Worker processes start by importing the main script again; when it trains at its top
+    # level they fail, and the counting is done in the calling process instead.
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from scratchlm.tokenizer import BPETokenizer, training\n"
+        "training.PARALLEL_MIN_BYTES = 0\n"
+        "training.BATCH_BYTES = 1000\n"
+        "docs = ['the cat sat on the mat ' * 100] * 20\n"
+        "tok = BPETokenizer.train(docs, 265, workers=2)\n"
+        "assert tok.merges == BPETokenizer.train(docs, 265, workers=1).merges\n"
+        "print('trained', len(tok.merges))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "trained 8\n"
+    assert "counted alone" in result.stderr and "__main__" in result.stderr
+
+
+def test_progress_bars_do_not_change_the_result(capsys: pytest.CaptureFixture[str]) -> None:
+    docs = [corpus_text("kjv", 20_000), corpus_text("chitchat", 20_000)]
+    quiet = BPETokenizer.train(docs, 400)
+    assert capsys.readouterr().err == ""
+    shown = BPETokenizer.train(docs, 400, progress=True)
+    err = capsys.readouterr().err
+    assert "counting chunks" in err and "learning merges" in err and "143/143" in err
+    # A generator cannot be measured in advance: the bar shows bytes and rate, no total.
+    streamed = BPETokenizer.train((doc for doc in docs), 400, progress=True)
+    assert "counting chunks" in capsys.readouterr().err
+    assert quiet.merges == shown.merges == streamed.merges
 
 
 def test_special_tokens_in_training_text_are_boundaries() -> None:

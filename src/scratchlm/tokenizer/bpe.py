@@ -24,15 +24,12 @@ is installed and gives the same ids: the tests check both engines agree id for i
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import json
 import multiprocessing
 import operator
 import os
 import unicodedata
-import warnings
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ProcessPoolExecutor
@@ -40,7 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import regex
-from tqdm import tqdm
 
 from scratchlm.atomic_files import atomic_write_text
 from scratchlm.errors import ScratchLMError
@@ -139,18 +135,25 @@ class BPETokenizer:
     @classmethod
     def train(
         cls,
-        text: str | Iterable[str],
+        text: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         vocab_size: int,
         pattern: str = GPT4_SPLIT_PATTERN,
         special_tokens: Sequence[str] = (EOT_TOKEN,),
         progress: bool = False,
+        workers: int | None = None,
     ) -> BPETokenizer:
         """Learn `vocab_size - 256 - len(special_tokens)` merges from `text`.
 
-        `text` is one string or an iterable of documents. `vocab_size` counts everything: the
-        256 byte tokens, the merges and the special tokens. `pattern` is "gpt2", "gpt4" or a
-        regex. Occurrences of the special token strings in the text act as hard boundaries and
-        are not learned from.
+        `text` is one string, or an iterable of documents: strings, or paths (`pathlib.Path`)
+        of UTF-8 text files, each file one document. It is read lazily, a piece at a time, so
+        a generator of documents or a list of files never has to fit in memory: memory grows
+        with the number of distinct chunks, not with the corpus (see
+        scratchlm.tokenizer.training). `vocab_size` counts everything: the 256 byte tokens, the
+        merges and the special tokens. `pattern` is "gpt2", "gpt4" or a regex. Occurrences of
+        the special token strings in the text act as hard boundaries and are not learned from.
+        `progress` shows progress bars (bytes counted, merges learned) with rate and time left.
+        `workers` caps the processes that count a large text (default: one per core; 1 counts
+        in this process); the result is the same whatever it is.
 
         Ties: when several pairs are equally frequent, the lexicographically smallest pair of
         ids wins, e.g. (97, 98) before (97, 99) before (256, 97). This makes training fully
@@ -159,27 +162,12 @@ class BPETokenizer:
         If the text runs out of pairs before reaching `vocab_size`, training stops early with a
         warning and the tokenizer is smaller; its `vocab_size` property gives the true size.
         """
-        pattern = resolve_pattern(pattern)
-        special_tokens = _check_special_names(special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise ScratchLMError(f"vocab_size must be an integer, got {vocab_size!r}")
-        minimum = 256 + len(special_tokens)
-        if vocab_size < minimum:
-            raise ScratchLMError(
-                f"vocab_size {vocab_size} is too small: the minimum is {minimum} "
-                f"(256 byte tokens + {len(special_tokens)} special tokens)"
-            )
-        chunk_counts = _count_chunks(text, compile_pattern(pattern), special_tokens)
-        wanted = vocab_size - minimum
-        merges = _learn_merges(chunk_counts, wanted, progress)
-        if len(merges) < wanted:
-            warnings.warn(
-                f"the training text ran out of pairs after {len(merges)} of {wanted} merges; "
-                f"the tokenizer has {minimum + len(merges)} tokens instead of {vocab_size}",
-                stacklevel=2,
-            )
-        first_special = 256 + len(merges)
-        specials = {name: first_special + i for i, name in enumerate(special_tokens)}
+        # Training lives in its own module, which imports this one.
+        from scratchlm.tokenizer.training import learn_bpe
+
+        pattern, merges, specials = learn_bpe(
+            text, vocab_size, pattern, special_tokens, progress, workers
+        )
         return cls(pattern, merges, specials)
 
     @classmethod
@@ -586,117 +574,6 @@ class BPETokenizer:
         if not isinstance(byte_ids, list):
             raise ScratchLMError('"byte_ids" must be a list of 256 ids (version 2)')
         return cls(pattern, merges, raw_specials, byte_ids)
-
-
-# --------------------------------------------------------------------------------- training
-
-
-def _count_chunks(
-    text: str | Iterable[str], splitter: regex.Pattern[str], special_tokens: Sequence[str]
-) -> dict[bytes, int]:
-    """Split every document into chunks and count how often each distinct chunk occurs.
-
-    Natural text has far fewer distinct chunks than chunks, so training works on the distinct
-    ones, each weighted by its count.
-    """
-    documents = [text] if isinstance(text, str) else text
-    separator = _alternation(special_tokens, capture=False) if special_tokens else None
-    counts: Counter[str] = Counter()
-    has_text = False
-    for doc in documents:
-        if not isinstance(doc, str):
-            raise ScratchLMError(
-                f"training text must be a string or an iterable of strings, "
-                f"found an item of type {type(doc).__name__}"
-            )
-        has_text = has_text or (bool(doc) and not doc.isspace())
-        # Special tokens are document boundaries: no chunk (and so no merge) spans one.
-        for piece in separator.split(doc) if separator else (doc,):
-            counts.update(_split(splitter, piece))
-    if not has_text:
-        raise ScratchLMError(
-            "training text is empty (or only whitespace); there is nothing to learn"
-        )
-    return {_utf8(chunk): n for chunk, n in counts.items()}
-
-
-def _learn_merges(
-    chunk_counts: dict[bytes, int], num_merges: int, progress: bool
-) -> dict[Pair, int]:
-    """Learn up to `num_merges` merges, most frequent pair first, ties to the smallest pair.
-
-    Recounting all pairs after every merge would cost O(corpus) per merge. Instead we keep:
-      pair_counts: pair -> occurrences, weighted by chunk counts;
-      where:       pair -> indices of the words (distinct chunks) containing it;
-      heap:        (-count, pair) entries, so popping gives the best pair and, among equal
-                   counts, the smallest pair.
-    A merge then only rewrites the words that contain the chosen pair. Heap entries are not
-    removed when a count drops; a popped entry whose count is out of date is re-queued with
-    the current count instead ("lazy invalidation"). A count can only rise for a pair that
-    contains the new id, and those are pushed fresh after every merge.
-    """
-    words = [list(chunk) for chunk in chunk_counts]
-    weights = list(chunk_counts.values())
-    pair_counts: dict[Pair, int] = defaultdict(int)
-    where: dict[Pair, set[int]] = defaultdict(set)
-    for index, word in enumerate(words):
-        for pair in itertools.pairwise(word):
-            pair_counts[pair] += weights[index]
-            where[pair].add(index)
-    heap = [(-count, pair) for pair, count in pair_counts.items()]
-    heapq.heapify(heap)
-
-    merges: dict[Pair, int] = {}
-    with tqdm(total=num_merges, desc="BPE merges", unit="merge", disable=not progress) as bar:
-        while len(merges) < num_merges and heap:
-            neg_count, pair = heapq.heappop(heap)
-            count = pair_counts.get(pair, 0)
-            if count != -neg_count:
-                if count > 0:
-                    heapq.heappush(heap, (-count, pair))
-                continue
-            new_id = 256 + len(merges)
-            merges[pair] = new_id
-            for gained in _apply_merge(pair, new_id, words, weights, pair_counts, where):
-                heapq.heappush(heap, (-pair_counts[gained], gained))
-            bar.update()
-    return merges
-
-
-def _apply_merge(
-    pair: Pair,
-    new_id: int,
-    words: list[list[int]],
-    weights: list[int],
-    pair_counts: dict[Pair, int],
-    where: dict[Pair, set[int]],
-) -> set[Pair]:
-    """Merge `pair` in every word containing it; update counts and index; return new pairs."""
-    new_pairs: set[Pair] = set()
-    for index in where.pop(pair):
-        old = words[index]
-        new = _merge(old, pair, new_id)
-        words[index] = new
-        weight = weights[index]
-        old_set = set(itertools.pairwise(old))
-        new_set = set(itertools.pairwise(new))
-        for p in itertools.pairwise(old):
-            pair_counts[p] -= weight
-        for p in itertools.pairwise(new):
-            pair_counts[p] += weight
-        # A pair absent from the new word can only have lost occurrences; drop it when gone.
-        for p in old_set - new_set:
-            if p == pair:
-                continue
-            where[p].discard(index)
-            if pair_counts[p] == 0:
-                del pair_counts[p], where[p]
-        # A pair absent from the old word must contain new_id, so its count only grows.
-        for p in new_set - old_set:
-            where[p].add(index)
-            new_pairs.add(p)
-    del pair_counts[pair]
-    return new_pairs
 
 
 # --------------------------------------------------------------------------------- helpers
