@@ -205,9 +205,66 @@ def test_fast_engine_rejects_what_the_python_engine_rejects() -> None:
     tok = BPETokenizer(r"\w+|\s", {(97, 98): 256})
     with pytest.raises(ScratchLMError, match="skips 1 characters"):
         tok.encode("ab!", engine="tiktoken")
-    with pytest.raises(ScratchLMError, match="surrogate"):
-        pydoc_tokenizer().encode("a\ud800b", engine="tiktoken")
     python_only = BPETokenizer(r"(?V1)\S+|\s+")  # a regex-module flag tiktoken cannot parse
     with pytest.raises(ScratchLMError, match="tiktoken cannot compile"):
         python_only.tiktoken_encoding()
     assert python_only.decode(python_only.encode("a b")) == "a b"
+
+
+# ------------------------------------------------------------------- surrogates and raw bytes
+
+SURROGATE_TEXTS = [
+    "a\ud800b",  # a lone high surrogate
+    "\udc80\udcff",  # lone low surrogates, as errors="surrogateescape" makes them
+    "emoji as a UTF-16 pair: \ud83d\ude00 and a real one: 😀",
+    "\ud83d",  # half a pair at the very end
+    " \ud800 \ud800\n",
+]
+
+INVALID_UTF8 = [
+    b"\xff",
+    b"\x80\x80\x80",
+    b"hello \xff world",
+    b"truncated euro \xe2\x82",
+    b"truncated emoji \xf0\x9f\x98",
+    b"caf\xe9 au lait (Latin-1, not UTF-8)",
+    b"   \xc3",
+    b"line\n\n\xfe\n  end",
+    b"valid prefix " * 50 + b"\xed\xa0\x80 an encoded surrogate",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("text", SURROGATE_TEXTS, ids=range(len(SURROGATE_TEXTS)))
+def test_surrogates_are_handled_like_tiktoken(name: str, text: str) -> None:
+    # tiktoken joins UTF-16 surrogate pairs into the character they spell and replaces a
+    # lone surrogate with U+FFFD; both engines of ours must do the same.
+    ours, expected = pretrained(name), reference(name).encode(text)
+    assert ours.encode(text, engine="python") == expected
+    assert ours.encode(text, engine="tiktoken") == expected
+    assert ours.encode_batch([text, text], engine="python") == [expected, expected]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("data", INVALID_UTF8, ids=range(len(INVALID_UTF8)))
+def test_invalid_utf8_bytes_match_tiktoken(name: str, data: bytes) -> None:
+    ours = pretrained(name)
+    ids = ours.encode_bytes(data, engine="python")
+    assert ids == reference(name)._encode_bytes(data)
+    assert ours.encode_bytes(data, engine="tiktoken") == ids
+    assert ours.decode_bytes(ids) == data  # nothing lost: every byte comes back
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=60))
+def test_encode_bytes_round_trips_and_matches_tiktoken(data: bytes) -> None:
+    ours = pretrained("cl100k_base")
+    ids = ours.encode_bytes(data, engine="python")
+    assert ours.decode_bytes(ids) == data
+    assert ids == reference("cl100k_base")._encode_bytes(data)
+
+
+def test_encode_bytes_of_valid_utf8_is_encode_ordinary() -> None:
+    tok = pydoc_tokenizer()
+    text = PYDOC_TEXT[:5_000] + EOT
+    assert tok.encode_bytes(text.encode("utf-8")) == tok.encode_ordinary(text)

@@ -9,8 +9,10 @@ Special tokens such as "<|endoftext|>" are added after training, with the ids th
 last merge. They are never produced from ordinary text: `encode` only recognises them when the
 caller allows it, so a document cannot smuggle in a control token.
 
-Input text must be encodable as UTF-8; a Python string holding a lone surrogate (U+D800 to
-U+DFFF) is rejected with ScratchLMError.
+Text that is not valid Unicode is handled as tiktoken handles it, so ids match: a UTF-16
+surrogate pair in a Python string (as JSON's "\\ud83d\\ude00" decodes) is joined into the
+character it spells, and a lone surrogate becomes U+FFFD. Raw bytes that are not UTF-8 go
+through `encode_bytes`, which keeps every byte.
 
 Ids. A tokenizer we train has byte b as id b, merge k as id 256 + k and the special tokens next.
 A vocabulary from elsewhere (tiktoken's, GPT-2's) numbers its 256 byte tokens in its own order,
@@ -105,6 +107,7 @@ class BPETokenizer:
         self._splitter = compile_pattern(self.pattern)
         self._special_splitters: dict[frozenset[str], regex.Pattern[str]] = {}
         self._chunk_cache: dict[str, list[int]] = {}
+        self._ids_by_bytes: dict[bytes, int] | None = None
         # The tiktoken engine, built on first use; None with a reason when it cannot be used.
         self._fast: Any = None
         self._fast_problem: str | None = None
@@ -203,6 +206,7 @@ class BPETokenizer:
         """
         allowed = self._allowed_specials(allowed_special)
         disallowed = self._disallowed_specials(disallowed_special, allowed)
+        text = valid_unicode(text)
         if disallowed:
             _refuse_disallowed(text, disallowed)
         fast = self._engine(engine)
@@ -222,10 +226,59 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str, engine: Engine = "auto") -> list[int]:
         """Encode `text` to ids, treating special token strings as plain text."""
+        text = valid_unicode(text)
         fast = self._engine(engine)
         if fast is not None:
             return self._fast_encode(fast, text, set())
         return self._encode_ordinary_python(text)
+
+    def encode_bytes(self, data: bytes, engine: Engine = "auto") -> list[int]:
+        """Encode raw bytes, which need not be valid UTF-8; `decode_bytes` gives them back.
+
+        Valid UTF-8 is encoded like `encode_ordinary`. Otherwise, as tiktoken does it (the case
+        it is made for is text cut off in the middle of a character): the valid prefix is split
+        and encoded as usual, then its last chunk (with any whitespace-only tokens just before
+        it) and all the bytes from the first invalid one on are encoded as a single chunk.
+        """
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            valid = e.start  # everything before the first error is valid UTF-8
+        else:
+            return self.encode_ordinary(text, engine)
+        fast = self._engine(engine)
+        if fast is not None and _is_known_pattern(self.pattern):
+            ids: list[int] = fast._encode_bytes(data)
+            return ids
+        chunks = _split(self._splitter, data[:valid].decode("utf-8"))
+        ids = []
+        last_chunk_tokens = 0
+        for chunk in chunks:
+            chunk_ids = self._encode_chunk(_utf8(chunk))
+            ids.extend(chunk_ids)
+            last_chunk_tokens = len(chunk_ids)
+        # The split of the prefix may change once the rest of the text is known, and a chunk of
+        # whitespace can grow (cl100k's \s*[\r\n]); so whitespace tokens are re-encoded too.
+        vocab = self.vocab
+        if last_chunk_tokens and _all_whitespace(vocab[ids[-last_chunk_tokens]]):
+            while last_chunk_tokens < len(ids) and _all_whitespace(
+                vocab[ids[-last_chunk_tokens - 1]]
+            ):
+                last_chunk_tokens += 1
+        tail = data[valid:]
+        if last_chunk_tokens:
+            tail = self.decode_bytes(ids[-last_chunk_tokens:]) + tail
+            del ids[-last_chunk_tokens:]
+        whole = self._token_ids().get(tail)
+        ids.extend([whole] if whole is not None else self._encode_chunk(tail))
+        return ids
+
+    def _token_ids(self) -> dict[bytes, int]:
+        """Bytes -> id of every ordinary token, built on first use."""
+        if self._ids_by_bytes is None:
+            specials = set(self.special_tokens.values())
+            self._ids_by_bytes = {token: i for i, token in self.vocab.items() if i not in specials}
+        return self._ids_by_bytes
 
     def encode_batch(
         self,
@@ -245,18 +298,17 @@ class BPETokenizer:
             raise ScratchLMError("encode_batch takes a list of strings; for one string use encode")
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ScratchLMError(f"num_threads must be a positive integer, got {num_threads!r}")
-        texts = list(texts)
         allowed = self._allowed_specials(allowed_special)
         disallowed = self._disallowed_specials(disallowed_special, allowed)
         for text in texts:
             if not isinstance(text, str):
                 raise ScratchLMError(f"encode_batch takes strings, found {type(text).__name__}")
-            if disallowed:
+        texts = [valid_unicode(text) for text in texts]
+        if disallowed:
+            for text in texts:
                 _refuse_disallowed(text, disallowed)
         fast = self._engine(engine)
         if fast is not None:
-            for text in texts:
-                _check_utf8(text)
             batch = fast.encode_batch(
                 texts, num_threads=num_threads, allowed_special=allowed, disallowed_special=()
             )
@@ -370,7 +422,6 @@ class BPETokenizer:
             return None
 
     def _fast_encode(self, fast: Any, text: str, allowed: set[str]) -> list[int]:
-        _check_utf8(text)  # tiktoken would quietly replace a lone surrogate
         if allowed:
             ids: list[int] = fast.encode(text, allowed_special=allowed, disallowed_special=())
         else:
@@ -712,9 +763,23 @@ def _refuse_disallowed(text: str, disallowed: set[str]) -> None:
     )
 
 
-def _check_utf8(text: str) -> None:
-    if not text.isascii():
-        _utf8(text)
+def _all_whitespace(token: bytes) -> bool:
+    return all(b in b" \n\t" for b in token)
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with UTF-16 surrogate pairs joined and lone surrogates replaced by U+FFFD.
+
+    Python strings may hold surrogates (U+D800..U+DFFF), which UTF-8 cannot encode; tiktoken
+    repairs them this way before encoding, and so do we, so that ids agree.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _is_known_pattern(pattern: str) -> bool:
