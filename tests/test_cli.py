@@ -516,6 +516,21 @@ def test_resume_continues_from_checkpoint(run_copy: Path, cli: Cli) -> None:
     assert snapshot(run_copy / "checkpoints") == before
 
 
+def test_a_swapped_tokenizer_is_refused(run_copy: Path, cli: Cli) -> None:
+    # Same size, other merges: only the fingerprint the checkpoint recorded can tell.
+    from pydoc_data.topics import topics
+
+    from scratchlm.tokenizer import BPETokenizer
+
+    other = BPETokenizer.train(topics["if"] * 20, vocab_size=300, pattern="gpt2")
+    other.save(run_copy / "tokenizer.json")
+    cwd = run_copy.parents[1]
+    for command in ("generate runs/tiny --prompt hi", "eval runs/tiny"):
+        assert_user_error(cli(command, cwd=cwd), "was trained with another tokenizer")
+    result = cli("train --resume runs/tiny --train.max_steps 30 --no-samples", cwd=cwd)
+    assert_user_error(result, "was trained with another tokenizer")
+
+
 def test_train_into_existing_run_needs_overwrite(run_copy: Path, cli: Cli) -> None:
     before = snapshot(run_copy)
     result = cli(f"train --config {TINY} --out_dir runs", cwd=run_copy.parents[1])

@@ -26,6 +26,7 @@ is installed and gives the same ids: the tests check both engines agree id for i
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -481,6 +482,20 @@ class BPETokenizer:
         gaps (as in every tokenizer `train` makes; cl100k_base has unused ids among its
         special tokens). This is the number of rows a model's embedding needs."""
         return self._vocab_size
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides the ids: pattern, byte ids, merges, specials.
+
+        Checkpoints record it, so a model is never paired with a tokenizer it was not trained
+        with (two tokenizers of the same size would otherwise pass unnoticed).
+        """
+        content = [
+            self.pattern,
+            list(self.byte_ids),
+            sorted([a, b, new_id] for (a, b), new_id in self.merges.items()),
+            sorted(self.special_tokens.items()),
+        ]
+        return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()[:16]
 
     @property
     def eot_id(self) -> int:

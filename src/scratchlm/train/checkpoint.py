@@ -140,6 +140,18 @@ def load_checkpoint(
     return state, rng_states
 
 
+def check_tokenizer_fingerprint(path: Path, state: TrainingState, fingerprint: str) -> None:
+    """Refuse a checkpoint trained with another tokenizer than the one given (see
+    BPETokenizer.fingerprint); checkpoints from before fingerprints were recorded pass."""
+    recorded = state.extra.get("tokenizer")
+    if recorded is not None and recorded != fingerprint:
+        raise ScratchLMError(
+            f"checkpoint {path} was trained with another tokenizer (fingerprint {recorded}) "
+            f"than the run's tokenizer.json ({fingerprint}); put back the tokenizer.json the "
+            "run was trained with, or train a new run with this tokenizer"
+        )
+
+
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     meta_path = path / "meta.json"
     if not path.is_dir():
@@ -236,6 +248,7 @@ def _sha256(path: Path) -> str:
 
 __all__ = [
     "TrainingState",
+    "check_tokenizer_fingerprint",
     "checkpoint_dir",
     "latest_checkpoint",
     "list_checkpoints",

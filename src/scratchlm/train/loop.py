@@ -21,8 +21,10 @@ from scratchlm.devices import autocast_context, resolve_device
 from scratchlm.eval.perplexity import evaluate_loss, perplexity
 from scratchlm.model import GPT
 from scratchlm.run_dir import RunPaths
+from scratchlm.tokenizer import BPETokenizer
 from scratchlm.train.checkpoint import (
     TrainingState,
+    check_tokenizer_fingerprint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -72,10 +74,13 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         device=str(device),
     )
     metrics = MetricsLog(paths.metrics)
-    state = TrainingState()
+    tokenizer_fingerprint = BPETokenizer.load(paths.tokenizer).fingerprint()
+    state = TrainingState(extra={"tokenizer": tokenizer_fingerprint})
     if resume and list_checkpoints(paths.root):
         last = list_checkpoints(paths.root)[-1]
         state, rng = load_checkpoint(last, model, optimizer)
+        check_tokenizer_fingerprint(last, state, tokenizer_fingerprint)
+        state.extra["tokenizer"] = tokenizer_fingerprint
         torch.set_rng_state(rng["torch"])
         train_batches.load_state_dict(
             {
