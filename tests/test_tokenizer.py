@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -303,6 +304,11 @@ def test_bad_training_files_are_one_line_errors(tmp_path: Path) -> None:
         train_bpe_from_files([bad], 300)
     with pytest.raises(ScratchLMError, match=r"cannot read training file .*nope\.txt"):
         train_bpe_from_files([tmp_path / "nope.txt"], 300)
+    (tmp_path / "blank.txt").write_text(" \n\t\r\n  \n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    # As scratchlm.data reads them, these are no documents: the error names them.
+    with pytest.raises(ScratchLMError, match=r"empty \(or only whitespace\).* in .*blank\.txt, "):
+        train_bpe_from_files([tmp_path / "blank.txt", tmp_path / "empty.txt"], 300)
     with pytest.raises(ScratchLMError, match="string, a file path, or an iterable"):
         BPETokenizer.train(["ok", b"bytes"], 300)  # type: ignore[list-item]
 
@@ -311,21 +317,23 @@ def test_parallel_counting_equals_serial_counting(monkeypatch: pytest.MonkeyPatc
     docs = [corpus_text(name, 50_000) for name in ("pydocs", "shakespeare", "kjv", "chitchat")]
     serial = training.count_chunks(docs, GPT4_SPLIT_PATTERN, (EOT,), workers=1)
     monkeypatch.setattr(training, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(training, "BATCH_BYTES", 20_000)  # about ten batches, two workers
-    used: list[int] = []
-    real = training._count_in_workers
+    monkeypatch.setattr(training, "BATCH_BYTES", 5_000)  # about 40 batches
+    counted_here: list[int] = []
+    count_pieces = training._count_pieces
 
-    def spy(*args: Any) -> Any:
-        used.append(args[3])
-        return real(*args)
+    def slowly(*args: Any) -> None:
+        # This process counts slowly, so the worker starts before the text runs out.
+        counted_here.append(1)
+        time.sleep(0.05)
+        count_pieces(*args)
 
-    monkeypatch.setattr(training, "_count_in_workers", spy)
+    monkeypatch.setattr(training, "_count_pieces", slowly)
     parallel = training.count_chunks(docs, GPT4_SPLIT_PATTERN, (EOT,), workers=2)
-    assert used == [2]
     assert parallel == serial
-    # A worker's error reaches the caller as it would from this process.
-    with pytest.raises(ScratchLMError, match="skips"):
-        training.count_chunks(docs, r"\w+", (), workers=2)
+    assert 0 < len(counted_here) < 30  # the worker counted some batches, this process others
+    # An error in the last batch (most likely counted by the worker) reaches the caller.
+    with pytest.raises(ScratchLMError, match="skips 1 characters"):
+        training.count_chunks([*docs, "\x00"], r"[^\x00]+", (), workers=2)
 
 
 def test_script_without_main_guard_still_trains(tmp_path: Path) -> None:
@@ -333,10 +341,16 @@ def test_script_without_main_guard_still_trains(tmp_path: Path) -> None:
     # level they fail, and the counting is done in the calling process instead.
     script = tmp_path / "train.py"
     script.write_text(
+        "import time\n"
         "from scratchlm.tokenizer import BPETokenizer, training\n"
         "training.PARALLEL_MIN_BYTES = 0\n"
         "training.BATCH_BYTES = 1000\n"
-        "docs = ['the cat sat on the mat ' * 100] * 20\n"
+        "count_pieces = training._count_pieces\n"
+        "def slowly(*args):  # so that the workers fail before the text runs out\n"
+        "    time.sleep(0.02)\n"
+        "    count_pieces(*args)\n"
+        "training._count_pieces = slowly\n"
+        "docs = ['the cat sat on the mat ' * 100] * 50\n"
         "tok = BPETokenizer.train(docs, 265, workers=2)\n"
         "assert tok.merges == BPETokenizer.train(docs, 265, workers=1).merges\n"
         "print('trained', len(tok.merges))\n"
@@ -495,9 +509,12 @@ def test_bad_allowed_special_is_rejected() -> None:
         tok.encode("x", allowed_special=EOT)  # type: ignore[arg-type]
 
 
-def test_lone_surrogate_is_rejected() -> None:
-    with pytest.raises(ScratchLMError, match="surrogate"):
-        pydoc_tokenizer().encode("a\ud800b")
+def test_lone_surrogate_becomes_replacement_character() -> None:
+    # As tiktoken does: a lone surrogate cannot be UTF-8, so it is encoded as U+FFFD, and a
+    # UTF-16 surrogate pair is the character it spells.
+    tok = pydoc_tokenizer()
+    assert tok.encode("a\ud800b") == tok.encode("a\ufffdb")
+    assert tok.encode("\ud83d\ude00") == tok.encode("\U0001f600")
 
 
 def test_decode_unknown_id_names_it() -> None:

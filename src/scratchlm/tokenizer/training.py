@@ -205,6 +205,7 @@ def count_chunks(
     if not reader.has_text:
         raise ScratchLMError(
             "training text is empty (or only whitespace); there is nothing to learn"
+            + (f" in {_names(reader.files)}" if reader.files else "")
         )
     return {_utf8(chunk): n for chunk, n in counts.items()}
 
@@ -269,12 +270,13 @@ def _count_in_workers(
 ) -> Counter[str]:
     """Count batches in `workers - 1` worker processes and in this one; add up the counts.
 
-    Each worker has at most two batches waiting, so memory stays bounded however long the
-    input is; while they are all busy, this process counts the next batch itself. So the
-    workers' start-up (a few tenths of a second) costs no time, and no core is left idle while
-    this process adds up the workers' counts (about 5% of the time they take to count them).
+    A worker takes a few tenths of a second to start (a new Python that imports this module),
+    so batches go to the workers only once one has started; until then, and whenever each
+    worker has two batches waiting, this process counts the next batch itself. So starting the
+    workers costs no time, memory stays bounded however long the input is, and no core idles
+    while this process adds up the workers' counts (about 5% of the time they took).
 
-    If the workers die, most often because they could not start (a script that trains at the
+    If the workers die, most often because they could not start (a script that trains at its
     top level, without `if __name__ == "__main__":`, is run again by each of them), this
     process counts their batches and the rest itself, with a warning.
     """
@@ -286,24 +288,27 @@ def _count_in_workers(
         bar.update(batch.bytes)
 
     # "spawn": forking a process that runs threads (torch, tiktoken) is not safe.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
-        pending: dict[Future[Counter[str]], _Batch] = {}
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"))
+    started = pool.submit(os.getpid)  # done once a worker is up
+    pending: dict[Future[Counter[str]], _Batch] = {}
 
-        def collect(done: Iterable[Future[Counter[str]]]) -> None:
-            nonlocal broken
-            for future in done:
-                batch = pending.pop(future)
-                try:
-                    counts.update(future.result())  # re-raises a worker's error here
-                except BrokenProcessPool:
-                    broken = True
-                    count_here(batch)
-                else:
-                    bar.update(batch.bytes)
+    def collect(done: Iterable[Future[Counter[str]]]) -> None:
+        nonlocal broken
+        for future in done:
+            batch = pending.pop(future)
+            try:
+                counts.update(future.result())  # re-raises a worker's error here
+            except BrokenProcessPool:
+                broken = True
+                count_here(batch)
+            else:
+                bar.update(batch.bytes)
 
+    try:
         for batch in batches:
-            if not broken and len(pending) < 2 * (workers - 1):
+            if started.done() and started.exception() is not None:
+                broken = True
+            if started.done() and not broken and len(pending) < 2 * (workers - 1):
                 try:
                     pending[pool.submit(_count_batch, batch.pieces, pattern, special_tokens)] = (
                         batch
@@ -314,6 +319,9 @@ def _count_in_workers(
             count_here(batch)
             collect([future for future in pending if future.done()])
         collect(list(pending))
+    finally:
+        # A worker still starting up (when the text ran out first) is left to finish alone.
+        pool.shutdown(wait=False, cancel_futures=True)
     if broken:
         warnings.warn(
             "the worker processes that count chunks stopped, so this process counted alone "
@@ -348,6 +356,7 @@ class _TextReader:
         self.specials = _alternation(special_tokens, capture=False) if special_tokens else None
         self.longest_special = max(map(len, special_tokens), default=0)
         self.has_text = False
+        self.files: list[Path] = []  # the files read, to name them if they hold no text
 
     def total_bytes(self) -> int | None:
         """The size of the whole input, if it can be known without reading it."""
@@ -369,6 +378,7 @@ class _TextReader:
             if isinstance(source, str):
                 yield from self._document(source)
             elif isinstance(source, os.PathLike):
+                self.files.append(Path(source))
                 yield from self._file(Path(source))
             else:
                 raise ScratchLMError(
@@ -454,6 +464,11 @@ class _TextReader:
         # is harmless: another cut is found).
         reach = self.longest_special - 1
         return self.specials.search(text, max(cut - reach, 0), cut + reach) is not None
+
+
+def _names(paths: list[Path], most: int = 3) -> str:
+    names = ", ".join(str(path) for path in paths[:most])
+    return names + (f" and {len(paths) - most} more files" if len(paths) > most else "")
 
 
 def _utf8_size(text: str) -> int:
