@@ -41,6 +41,7 @@ from scratchlm.data.minhash import (
     estimated_jaccard,
     jaccard,
     lsh_bands,
+    mix64,
     shingle_hashes,
 )
 from scratchlm.data.readers import Document
@@ -62,27 +63,53 @@ def content_key(text: str) -> bytes:
     return hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+class ExactDuplicates:
+    """The content keys seen so far, each with where its first copy came from.
+
+    16 bytes of digest and the origin per distinct document: a few hundred bytes each.
+    """
+
+    def __init__(self) -> None:
+        self.first_origin: dict[bytes, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.first_origin)
+
+    def keep(
+        self, document: Document, report: RemovalReport | None = None, key: bytes | None = None
+    ) -> bool:
+        """Whether `document` is the first with its content; remembers it if so.
+
+        `key` is `content_key(document.text)` when the caller computed it already (in a worker).
+        """
+        key = content_key(document.text) if key is None else key
+        if report is not None:
+            report.document_in(document.text)
+        first = self.first_origin.get(key)
+        if first is not None:
+            if report is not None:
+                report.remove_document(
+                    EXACT_DUPLICATE, document.origin, document.text, duplicate_of=first
+                )
+            return False
+        self.first_origin[key] = document.origin
+        if report is not None:
+            report.document_out(document.text)
+            report.details["distinct_documents"] = len(self.first_origin)
+        return True
+
+
 def exact_dedup(
     documents: Iterable[Document], report: RemovalReport | None = None
 ) -> Iterator[Document]:
     """The documents whose content key was not seen before, in order (one pass)."""
-    first_origin: dict[bytes, str] = {}  # content key -> where its first copy came from
-    for document in documents:
-        key = content_key(document.text)
-        if report is not None:
-            report.document_in(document.text)
-        if key in first_origin:
-            if report is not None:
-                report.remove_document(
-                    EXACT_DUPLICATE, document.origin, document.text, duplicate_of=first_origin[key]
-                )
-            continue
-        first_origin[key] = document.origin
-        if report is not None:
-            report.document_out(document.text)
-        yield document
+    seen = ExactDuplicates()
     if report is not None:
-        report.details["distinct_documents"] = len(first_origin)
+        report.reason(EXACT_DUPLICATE)
+        report.details["distinct_documents"] = 0
+    for document in documents:
+        if seen.keep(document, report):
+            yield document
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,10 +186,17 @@ class NearDuplicateIndex:
         self.config = config or NearDedupConfig()
         self.bands, self.rows = self.config.banding()
         self.hasher = MinHasher(self.config.num_perm, self.config.seed)
-        self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
+        # band -> {64-bit key of the band's rows: one document, or a list of them}. Most buckets
+        # hold one document, so it is stored bare: memory per document is about what its
+        # bands' keys take (~100 bytes each), not a list per band.
+        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        self._band_weights = np.random.default_rng(self.config.seed).integers(
+            1, 2**63, size=(self.bands, self.rows), dtype=np.uint64
+        ) | np.uint64(1)
         self._parent: list[int] = []  # union-find forest over document numbers
-        # What verification compares: shingle sets with verify="exact", else signatures.
-        self._signatures: list[Signature] = []
+        # What verification compares: shingle sets with verify="exact", else signatures (kept
+        # in blocks of one array, 8 bytes per permutation and document, nothing more).
+        self._signatures = _SignatureTable(self.config.num_perm)
         self._shingles: list[np.ndarray] = []
         self._match: dict[int, tuple[int, float]] = {}  # doc -> (a doc it matched, similarity)
         self.candidate_pairs = 0
@@ -173,18 +207,41 @@ class NearDuplicateIndex:
 
     def add(self, text: str) -> int:
         """Add a document; return its number (0, 1, ...)."""
-        index = len(self._parent)
-        self._parent.append(index)
+        return self.add_signature(*self.signature(text))
+
+    def signature(self, text: str) -> tuple[Signature, np.ndarray | None]:
+        """(MinHash signature, shingle set if verify="exact") of a text: what `add_signature`
+        takes. The costly part of `add`, and independent of the index, so workers can do it."""
         shingles = shingle_hashes(text, self.config.shingle_size)
         signature = self.hasher.signature(shingles)
+        return signature, shingles if self.config.verify == "exact" else None
+
+    def band_keys(self, signature: Signature) -> list[int]:
+        """One 64-bit key per band: equal when the band's rows are equal (a weighted sum of the
+        rows, mixed; different rows give the same key with probability about 2⁻⁶⁴, which would
+        only cost one extra comparison)."""
+        rows = signature[: self.bands * self.rows].reshape(self.bands, self.rows)
+        keys: list[int] = mix64((rows * self._band_weights).sum(axis=1)).tolist()
+        return keys
+
+    def add_signature(self, signature: Signature, shingles: np.ndarray | None = None) -> int:
+        """Add a document by its signature (and shingles, with verify="exact")."""
+        index = len(self._parent)
+        self._parent.append(index)
         if self.config.verify == "exact":
+            if shingles is None:
+                raise ValueError('verify="exact" needs the shingles of every document')
             self._shingles.append(shingles)
         else:
             self._signatures.append(signature)
         rejected: set[int] = set()  # documents already compared and found too different
-        for band in range(self.bands):
-            key = signature[band * self.rows : (band + 1) * self.rows].tobytes()
-            bucket = self._buckets[band].setdefault(key, [])
+        for band, key in enumerate(self.band_keys(signature)):
+            table = self._buckets[band]
+            stored = table.get(key)
+            if stored is None:
+                table[key] = index
+                continue
+            bucket = [stored] if isinstance(stored, int) else stored
             for other in bucket:
                 if other in rejected or self.find(other) == self.find(index):
                     continue
@@ -199,7 +256,10 @@ class NearDuplicateIndex:
                 else:
                     rejected.add(other)
             if all(self.find(other) != self.find(index) for other in bucket):
-                bucket.append(index)
+                if isinstance(stored, int):
+                    table[key] = [stored, index]
+                else:
+                    stored.append(index)
         return index
 
     def find(self, index: int) -> int:
@@ -242,12 +302,34 @@ class NearDuplicateIndex:
     def _similarity(self, a: int, b: int) -> float:
         if self.config.verify == "exact":
             return jaccard(self._shingles[a], self._shingles[b])
-        return estimated_jaccard(self._signatures[a], self._signatures[b])
+        return estimated_jaccard(self._signatures.row(a), self._signatures.row(b))
 
     def _union(self, a: int, b: int) -> None:
         root_a, root_b = self.find(a), self.find(b)
         # The smaller number becomes the root, so a cluster's root is its first document.
         self._parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
+class _SignatureTable:
+    """Signatures stored as rows of a few large arrays, not one small array each."""
+
+    block_rows = 4096
+
+    def __init__(self, num_perm: int) -> None:
+        self.num_perm = num_perm
+        self._blocks: list[np.ndarray] = []
+        self._count = 0
+
+    def append(self, signature: Signature) -> None:
+        row = self._count % self.block_rows
+        if row == 0:
+            self._blocks.append(np.empty((self.block_rows, self.num_perm), dtype=np.uint64))
+        self._blocks[-1][row] = signature
+        self._count += 1
+
+    def row(self, index: int) -> Signature:
+        block: Signature = self._blocks[index // self.block_rows][index % self.block_rows]
+        return block
 
 
 def near_dedup(
@@ -263,6 +345,14 @@ def near_dedup(
     index = NearDuplicateIndex(config)
     for document in documents:
         index.add(document.text)
+    yield from drop_near_duplicates(documents, index, report)
+
+
+def drop_near_duplicates(
+    documents: Iterable[Document], index: NearDuplicateIndex, report: RemovalReport | None = None
+) -> Iterator[Document]:
+    """The second pass of `near_dedup`: `documents` are the ones `index` was built from, in
+    the same order; those that are not the first of their cluster are dropped."""
     if report is not None:
         report.reason(NEAR_DUPLICATE)
         report.details.update(index.stats())
@@ -325,11 +415,64 @@ class RepeatedLineConfig:
 
 def line_key(line: str, min_chars: int) -> int | None:
     """A 64-bit hash of the line with its spacing collapsed, or None if it is too short."""
+    if len(line) < min_chars:  # collapsing spaces only makes it shorter
+        return None
     normal = " ".join(line.split())
     if len(normal) < min_chars:
         return None
     digest = hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def document_line_keys(text: str, min_chars: int) -> np.ndarray:
+    """The distinct keys of the document's lines of at least `min_chars` (sorted, uint64)."""
+    keys = {line_key(line, min_chars) for line in text.split("\n")}
+    keys.discard(None)
+    return np.array(sorted(keys), dtype=np.uint64)  # type: ignore[type-var]
+
+
+class LineDocumentCounts:
+    """In how many documents each line key occurs, in about 8 bytes per (document, line).
+
+    Keys are appended to one flat array and, when it grows long, folded into sorted
+    (key, count) arrays: far less memory than a Counter of Python ints (~100 bytes an entry),
+    which matters at millions of distinct lines.
+    """
+
+    fold_at = 1 << 22  # appended keys (32 MB) before folding
+
+    def __init__(self) -> None:
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._counts = np.empty(0, dtype=np.int64)
+        self.documents = 0
+
+    def add(self, keys: np.ndarray) -> None:
+        """Count one document's distinct line keys (`document_line_keys`)."""
+        self.documents += 1
+        if len(keys):
+            self._pending.append(keys)
+            self._pending_size += len(keys)
+            if self._pending_size >= self.fold_at:
+                self._fold()
+
+    def above(self, max_documents: int) -> dict[int, int]:
+        """Key -> document count, for the keys in more than `max_documents` documents."""
+        self._fold()
+        frequent = self._counts > max_documents
+        return dict(
+            zip(self._keys[frequent].tolist(), self._counts[frequent].tolist(), strict=True)
+        )
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self._keys, *self._pending])
+        weights = np.concatenate([self._counts, np.ones(self._pending_size, dtype=np.int64)])
+        self._keys, inverse = np.unique(keys, return_inverse=True)
+        self._counts = np.bincount(inverse.reshape(-1), weights=weights).astype(np.int64)
+        self._pending, self._pending_size = [], 0
 
 
 def count_line_documents(
@@ -339,61 +482,92 @@ def count_line_documents(
     config = config or RepeatedLineConfig()
     counts: Counter[int] = Counter()
     for document in documents:
-        keys = {line_key(line, config.min_chars) for line in document.text.split("\n")}
-        keys.discard(None)
-        counts.update(keys)  # type: ignore[arg-type]
+        counts.update(document_line_keys(document.text, config.min_chars).tolist())
     return counts
+
+
+def boilerplate_lines(
+    documents: Iterable[Document], config: RepeatedLineConfig | None = None
+) -> dict[int, int]:
+    """The first pass of `remove_repeated_lines`: key -> documents, for the boilerplate lines."""
+    config = config or RepeatedLineConfig()
+    counts = LineDocumentCounts()
+    for document in documents:
+        counts.add(document_line_keys(document.text, config.min_chars))
+    return counts.above(config.max_documents)
 
 
 def remove_repeated_lines(
     documents: Iterable[Document],
     config: RepeatedLineConfig | None = None,
     report: RemovalReport | None = None,
+    boilerplate: dict[int, int] | None = None,
 ) -> Iterator[Document]:
     """Every document without its boilerplate lines; documents left empty are dropped.
 
-    Reads `documents` twice: once to count, once to remove.
+    Reads `documents` twice: once to count, once to remove; or once, given the `boilerplate`
+    (key -> number of documents, from `boilerplate_lines`) of a first pass made elsewhere.
     """
-    _require_rereadable(documents, "remove_repeated_lines")
     config = config or RepeatedLineConfig()
-    counts = count_line_documents(documents, config)
+    if boilerplate is None:
+        _require_rereadable(documents, "remove_repeated_lines")
+        boilerplate = boilerplate_lines(documents, config)
     if report is not None:
         report.reason(REPEATED_LINE)
-        report.details["boilerplate_lines"] = sum(
-            1 for n in counts.values() if n > config.max_documents
-        )
+        report.details["boilerplate_lines"] = len(boilerplate)
     shown: set[int] = set()  # line keys already given as examples
     for document in documents:
-        kept, removed = [], 0
+        kept = strip_repeated_lines(document, config, boilerplate, report, shown)
+        if kept is not None:
+            yield kept
+
+
+def strip_repeated_lines(
+    document: Document,
+    config: RepeatedLineConfig,
+    boilerplate: dict[int, int],
+    report: RemovalReport | None = None,
+    shown: set[int] | None = None,
+) -> Document | None:
+    """One document without its `boilerplate` lines: the same object if it had none, None if
+    nothing is left. `shown` holds the line keys already given as examples in `report`."""
+    kept, removed = [], 0
+    if boilerplate:
         for line in document.text.split("\n"):
             key = line_key(line, config.min_chars)
-            if key is not None and counts[key] > config.max_documents:
+            if key is not None and key in boilerplate:
                 removed += 1
-                if report is not None and key not in shown and len(shown) < report.max_examples:
+                if (
+                    report is not None
+                    and shown is not None
+                    and key not in shown
+                    and len(shown) < report.max_examples
+                ):
                     shown.add(key)
                     report.add_example(
                         REPEATED_LINE,
                         {
                             "origin": document.origin,
-                            "documents": counts[key],
+                            "documents": boilerplate[key],
                             "line": excerpt(line),
                         },
                     )
             else:
                 kept.append(line)
-        text = "\n".join(kept) if removed else document.text
-        if report is not None:
-            report.document_in(document.text)
-            if not text.strip():
-                report.remove_document(REPEATED_LINE, document.origin, document.text, lines=removed)
-            else:
-                if removed:
-                    report.shorten_document(
-                        REPEATED_LINE, utf8_len(document.text) - utf8_len(text), lines=removed
-                    )
-                report.document_out(text)
-        if text.strip():
-            yield Document(text, document.origin) if removed else document
+    text = "\n".join(kept) if removed else document.text
+    if report is not None:
+        report.document_in(document.text)
+        if not text.strip():
+            report.remove_document(REPEATED_LINE, document.origin, document.text, lines=removed)
+        else:
+            if removed:
+                report.shorten_document(
+                    REPEATED_LINE, utf8_len(document.text) - utf8_len(text), lines=removed
+                )
+            report.document_out(text)
+    if not text.strip():
+        return None
+    return Document(text, document.origin) if removed else document
 
 
 def _require_rereadable(documents: Iterable[Document], stage: str) -> None:

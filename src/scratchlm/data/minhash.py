@@ -76,7 +76,7 @@ def _word_hash(word: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _mix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+def mix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     """The splitmix64 finaliser: every input bit flips about half the output bits.
 
     Multiplication of uint64 arrays wraps around modulo 2⁶⁴, which is what this wants.
@@ -98,11 +98,11 @@ def shingle_hashes(text: str, size: int = 5) -> NDArray[np.uint64]:
     words = shingle_words(text)
     if not words:
         return np.empty(0, dtype=np.uint64)
-    word_hashes = np.array([_word_hash(w) for w in words], dtype=np.uint64)
+    word_hashes = np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
     count = max(len(words) - size + 1, 1)
     hashes = np.zeros(count, dtype=np.uint64)
     for offset in range(min(size, len(words))):
-        hashes = _mix64(hashes ^ word_hashes[offset : offset + count])
+        hashes = mix64(hashes ^ word_hashes[offset : offset + count])
     return np.unique(hashes)
 
 
@@ -143,21 +143,39 @@ def _universal_hash(
     m = m1·2²⁹ + m0 times 2³² is m1·2⁶¹ + m0·2³² ≡ m1 + m0·2³². Each of the four terms
     (b included) is below 2⁶¹ + 2³⁴, so their sum fits in 64 bits, and one reduction ends it.
     """
+    # The same arithmetic as the formulas, written into a few reused arrays: with one new
+    # array per operation the allocations cost as much as the arithmetic.
     a1, a0 = a
     x1, x0 = x >> np.uint64(32), x & _LOW32
-    high = (a1 * x1) << np.uint64(3)
-    middle = a1 * x0 + a0 * x1
-    middle = (middle >> np.uint64(29)) + ((middle & _LOW29) << np.uint64(32))
-    low = _fold(a0 * x0)
-    return _mod_p(high + middle + low + b)
+    total = np.multiply(a1, x1)
+    total <<= np.uint64(3)  # a1·x1·8
+    middle = np.multiply(a1, x0)
+    scratch = np.multiply(a0, x1)
+    middle += scratch  # m = a1·x0 + a0·x1
+    np.right_shift(middle, np.uint64(29), out=scratch)
+    middle &= _LOW29
+    middle <<= np.uint64(32)
+    middle += scratch  # m1 + m0·2³²
+    total += middle
+    np.multiply(a0, x0, out=scratch)
+    np.bitwise_and(scratch, _P, out=middle)
+    scratch >>= np.uint64(61)
+    scratch += middle  # _fold(a0·x0)
+    total += scratch
+    total += b
+    np.bitwise_and(total, _P, out=scratch)
+    total >>= np.uint64(61)
+    total += scratch  # _fold(total)
+    np.subtract(total, _P, out=scratch)
+    return np.minimum(total, scratch, out=total)  # as in _mod_p
 
 
 class MinHasher:
     """Turns a set of shingle hashes into a signature of `num_perm` minima; seeded."""
 
-    # Shingles hashed per step: (num_perm x chunk) temporaries of about 1 MB stay in the CPU's
+    # Shingles hashed per step: (num_perm x chunk) arrays of half a megabyte stay in the CPU's
     # cache, which is faster than fewer, larger steps.
-    chunk = 1024
+    chunk = 512
 
     def __init__(self, num_perm: int = 128, seed: int = 0) -> None:
         if num_perm < 1:

@@ -132,7 +132,9 @@ class DocumentReader:
                 yield from self._read_stdin()
                 continue
             for path in self._expand(source):
-                yield from self._read_file(path)
+                # A named corpus's documents are named by the corpus, not the cache path.
+                name = f"{source}/{path.name}" if source in CORPORA else str(path)
+                yield from self._read_file(path, name)
 
     # ------------------------------------------------------------------------ sources to files
 
@@ -181,26 +183,26 @@ class DocumentReader:
 
     # ------------------------------------------------------------------------ files to documents
 
-    def _read_file(self, path: Path) -> Iterator[Document]:
+    def _read_file(self, path: Path, name: str) -> Iterator[Document]:
         kind = file_format(path)
         self.stats.files += 1
         try:
             if kind == "parquet":
-                yield from self._read_parquet(path)
+                yield from self._read_parquet(path, name)
             else:
                 with open_maybe_compressed(path) as stream:
                     if kind == "jsonl":
-                        yield from self._read_jsonl(stream, str(path))
+                        yield from self._read_jsonl(stream, name)
                     else:
-                        yield from self._emit(self._decode(stream.read(), str(path)), str(path))
+                        yield from self._emit(self._decode(stream.read(), name), name)
         except _SkipFile as skip:
-            self.stats.skipped_files.append(f"{path}: {skip}")
+            self.stats.skipped_files.append(f"{name}: {skip}")
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-            self.stats.skipped_files.append(f"{path}: cannot be read ({_reason(e)})")
+            self.stats.skipped_files.append(f"{name}: cannot be read ({_reason(e)})")
         except Exception as e:  # zstandard's and pyarrow's own errors: one file, not the run
             if type(e).__module__.split(".")[0] not in ("zstandard", "pyarrow"):
                 raise
-            self.stats.skipped_files.append(f"{path}: cannot be read ({_reason(e)})")
+            self.stats.skipped_files.append(f"{name}: cannot be read ({_reason(e)})")
 
     def _read_stdin(self) -> Iterator[Document]:
         if self._stdin_used:
@@ -228,7 +230,7 @@ class DocumentReader:
                 continue
             yield from self._emit(text, f"{name}:{number}")
 
-    def _read_parquet(self, path: Path) -> Iterator[Document]:
+    def _read_parquet(self, path: Path, name: str) -> Iterator[Document]:
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(path)
@@ -242,7 +244,7 @@ class DocumentReader:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[self.text_field]):
             for text in batch.column(0).to_pylist():
                 if isinstance(text, str):
-                    yield from self._emit(text, f"{path}#row {row}")
+                    yield from self._emit(text, f"{name}#row {row}")
                 else:
                     self.stats.empty_skipped += 1  # a null cell
                 row += 1

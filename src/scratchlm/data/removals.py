@@ -98,6 +98,30 @@ class RemovalReport:
         if len(examples) < self.max_examples:
             examples.append(example)
 
+    def merge(self, later: RemovalReport) -> None:
+        """Add the counts of `later`, a report of the same stage over the documents that came
+        after ours (a batch cleaned by a worker process), as if one report had seen them all.
+
+        Examples are taken in order until the limit; one that repeats an earlier example in
+        all but its origin (the same boilerplate line seen by two workers) is left out.
+        """
+        for attribute in ("documents_in", "bytes_in", "documents_out", "bytes_out"):
+            setattr(self, attribute, getattr(self, attribute) + getattr(later, attribute))
+        for name, theirs in later.reasons.items():
+            ours = self.reason(name)
+            ours.documents += theirs.documents
+            ours.edited += theirs.edited
+            ours.lines += theirs.lines
+            ours.bytes += theirs.bytes
+            for example in theirs.examples:
+                facts = {k: v for k, v in example.items() if k != "origin"}
+                if any(
+                    {k: v for k, v in e.items() if k != "origin"} == facts for e in ours.examples
+                ):
+                    continue
+                self.add_example(name, example)
+        self.details.update(later.details)
+
     # -------------------------------------------------------------------- reading
 
     @property
@@ -135,6 +159,23 @@ class RemovalReport:
             },
             "details": self.details,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RemovalReport:
+        """The report `to_json` described (to print the summary of a saved report)."""
+        report = cls(
+            stage=data["stage"],
+            documents_in=data["documents_in"],
+            bytes_in=data["bytes_in"],
+            documents_out=data["documents_out"],
+            bytes_out=data["bytes_out"],
+            details=dict(data.get("details", {})),
+        )
+        for name, r in data.get("reasons", {}).items():
+            report.reasons[name] = Removal(
+                r["documents"], r["edited"], r["lines"], r["bytes"], list(r["examples"])
+            )
+        return report
 
     def to_json_text(self) -> str:
         return json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=str) + "\n"
