@@ -231,6 +231,7 @@ def run_copy(trained: tuple[Path, Result], tmp_path: Path) -> Path:
         "data list",
         "data fetch",
         "data prepare",
+        "data report",
         "tokenizer",
         "tokenizer train",
         "tokenizer encode",
@@ -383,23 +384,25 @@ def _mkdir_with_csv(folder: Path) -> None:
     (folder / "notes" / "table.csv").write_text("a,b\n")
 
 
-BAD_SOURCES: dict[str, tuple[Callable[[Path], object], str, str]] = {
-    # kind: (make it in the folder, the source to name, what the error line must also say)
-    "empty-file": (lambda d: (d / "empty.txt").write_bytes(b""), "empty.txt", "empty"),
+BAD_SOURCES: dict[str, tuple[Callable[[Path], object], str, str, str | None]] = {
+    # kind: (make it in the folder, the source to name, what the error line must also say, and
+    # what data prepare's must say: None where it goes on, as for bytes that are not UTF-8,
+    # which it replaces and counts; tests/test_pipeline.py has those)
+    "empty-file": (lambda d: (d / "empty.txt").write_bytes(b""), "empty.txt", "empty", "empty"),
     "whitespace-file": (
-        lambda d: (d / "blank.txt").write_bytes(b" \n\t\r\n  \n"), "blank.txt", "whitespace"
+        lambda d: (d / "blank.txt").write_bytes(b" \n\t\r\n  \n"), "blank.txt", "whitespace", "whitespace"
     ),
     "not-utf8": (
-        lambda d: (d / "latin1.txt").write_bytes("Grüße\n".encode("latin-1")), "latin1.txt", "UTF-8"
+        lambda d: (d / "latin1.txt").write_bytes("Grüße\n".encode("latin-1")), "latin1.txt", "UTF-8", None
     ),
-    "missing-path": (lambda d: None, "missing.txt", "no such file"),
-    "folder-without-text": (_mkdir_with_csv, "notes", ".txt"),
+    "missing-path": (lambda d: None, "missing.txt", "no such file", "no such file"),
+    "folder-without-text": (_mkdir_with_csv, "notes", ".txt", "no text, JSONL or Parquet files"),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", list(BAD_SOURCES))
 def test_bad_corpus(kind: str, here: Path, cli: Cli) -> None:
-    make, source, fragment = BAD_SOURCES[kind]
+    make, source, fragment, prepare_fragment = BAD_SOURCES[kind]
     make(here)
     # What is already on disk must survive the failed commands untouched.
     (here / "data").mkdir()
@@ -409,8 +412,9 @@ def test_bad_corpus(kind: str, here: Path, cli: Cli) -> None:
 
     result = cli(f"tokenizer train {source} --vocab-size 300 --out tok.json", cwd=here)
     assert_user_error(result, source, fragment)
-    result = cli(f"data prepare {source} --tokenizer tok.json --out data", cwd=here)
-    assert_user_error(result, source, fragment)
+    if prepare_fragment is not None:
+        result = cli(f"data prepare {source} --tokenizer tok.json --out data", cwd=here)
+        assert_user_error(result, source, prepare_fragment)
     assert snapshot(here) == before
 
 
@@ -486,8 +490,15 @@ def test_train_makes_a_run(trained: tuple[Path, Result]) -> None:
     assert "--- sample 1 ---\ndef " in result.stdout  # the recipe's prompt
     for name in ("config.toml", "tokenizer.json", "tokenizer.vocab", "loss.png", "samples.txt"):
         assert (run / name).is_file(), name
-    for name in ("train_000000.bin", "val_000000.bin", "meta.json"):
+    for name in ("train_000000.bin", "val_000000.bin", "meta.json", "report.json", "lengths.png"):
         assert (run / "data" / name).is_file(), name
+    # The data went through the pipeline: the recipe normalises (no quality rules) and dedups.
+    report = json.loads((run / "data" / "report.json").read_text(encoding="utf-8"))
+    assert [stage["stage"] for stage in report["stages"]] == [
+        "clean", "exact_dedup", "repeated_lines", "near_dedup"
+    ]  # fmt: skip
+    assert report["totals"]["documents_out"] == report["totals"]["documents_in"] - 1  # "if"
+    assert "data report for runs/tiny/data" in (run / "data" / "report.txt").read_text("utf-8")
     assert checkpoints(run) == ["step_000010", f"step_{TINY_STEPS:06d}"]
     assert_clean_checkpoints(run)
     assert [r["step"] for r in metrics(run) if "train_loss" in r] == [5, 10, 15, 20]

@@ -1,6 +1,6 @@
 """The `scratchlm` command: one subcommand per pipeline stage, each a thin call into its module.
 
-    scratchlm data list | fetch NAME | prepare SOURCE... --tokenizer T --out DIR
+    scratchlm data list | fetch NAME | prepare SOURCE... --tokenizer T --out DIR | report DIR
     scratchlm tokenizer train SOURCE... --vocab-size N --out T | encode | decode
     scratchlm tokenizer study --input SOURCE... --sizes 512,1024,2048 [--width W] [--out DIR]
     scratchlm tokenizer export --tokenizer T --format hf|tiktoken|gpt2 --out PATH
@@ -30,9 +30,15 @@ TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if words[:2] == ["data", "prepare"]:
+        # Taken out first: argparse would read an override's value as one more SOURCE.
+        words, overrides = _split_overrides(words)
+    args, extra = parser.parse_known_args(words)
     if extra and getattr(args, "command", None) != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    extra += overrides
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -63,13 +69,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_commands.add_parser("fetch", help="download a named corpus into the cache")
     p.add_argument("name", help="corpus name (see `scratchlm data list`)")
     p.set_defaults(handler=cmd_data_fetch)
-    p = data_commands.add_parser("prepare", help="text -> train and val token shards")
-    p.add_argument("sources", nargs="+", help="named corpora, text files or folders")
+    p = data_commands.add_parser(
+        "prepare",
+        help="text -> cleaned, deduplicated train and val token shards, and a data report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_config_help(("clean", "dedup")),
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="named corpora, files (text, JSONL, Parquet; maybe .gz or .zst), folders of "
+        "them, or - for standard input",
+    )
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json to encode with")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="read only these files of a folder, e.g. '*.jsonl' or 'en/*' (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip these files of a folder (repeatable)",
+    )
+    p.add_argument(
+        "--text-field", default="text", help="the JSONL field or Parquet column with the text"
+    )
+    p.add_argument(
+        "--stdin-format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="standard input (-) as one document, or one JSON object a line",
+    )
+    p.add_argument(
+        "--config", type=Path, help="take the [clean] and [dedup] settings from this recipe"
+    )
+    p.add_argument("--no-clean", action="store_true", help="neither normalise nor filter")
+    p.add_argument("--no-filters", action="store_true", help="normalise, but apply no quality rule")
+    p.add_argument("--no-dedup", action="store_true", help="no deduplication of any kind")
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes for cleaning and MinHash (0: all cores)"
+    )
     p.set_defaults(handler=cmd_data_prepare)
+    p = data_commands.add_parser("report", help="print the data report of a prepared folder")
+    p.add_argument("folder", type=Path, help="a `data prepare` output folder, or a run directory")
+    p.set_defaults(handler=cmd_data_report)
 
     # tokenizer -------------------------------------------------------------------------------
     tok = commands.add_parser("tokenizer", help="train and use a byte-level BPE tokenizer")
@@ -195,12 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_help() -> str:
+def _config_help(sections: Sequence[str] | None = None) -> str:
     from scratchlm.config import SECTIONS, RunConfig
 
     lines = ["config keys (set in the TOML file or as --section.key VALUE):"]
     defaults = RunConfig()
-    for section in SECTIONS:
+    for section in sections or SECTIONS:
         obj = getattr(defaults, section)
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
@@ -231,19 +282,88 @@ def cmd_data_fetch(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"{args.name}: {len(files)} documents, {size / 1e6:.2f} MB in {folder}")
 
 
+def _split_overrides(words: list[str]) -> tuple[list[str], list[str]]:
+    """(the other words, the `--section.key value` overrides among them)."""
+    rest: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--") and "." in word.partition("=")[0]:
+            overrides.append(word)
+            if "=" not in word and i + 1 < len(words):
+                overrides.append(words[i + 1])
+                i += 1
+        else:
+            rest.append(word)
+        i += 1
+    return rest, overrides
+
+
 def cmd_data_prepare(args: argparse.Namespace, extra: list[str]) -> None:
-    from scratchlm.data.documents import read_documents
-    from scratchlm.data.prepare import prepare_shards
+    from scratchlm.config import load_config
+
+    for word in extra:
+        if word.startswith("--") and not word.startswith(("--clean.", "--dedup.")):
+            raise ScratchLMError(
+                f"data prepare takes only --clean.* and --dedup.* keys, not {word.split('=')[0]}"
+                " (see `scratchlm data prepare --help`)"
+            )
+    config = load_config(args.config, extra)  # checks every key and value, with suggestions
+    if args.no_clean:
+        config.clean.enabled = False
+    if args.no_filters:
+        config.clean.filters = False
+    if args.no_dedup:
+        config.dedup.exact = config.dedup.lines = config.dedup.near = False
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ScratchLMError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.workers < 0:
+        raise ScratchLMError(f"--workers must be >= 0, got {args.workers}")
+
+    from scratchlm.data.dataset import prepare_dataset
+    from scratchlm.data.pipeline import PipelineSettings
     from scratchlm.tokenizer import BPETokenizer
 
-    tokenizer = BPETokenizer.load(args.tokenizer)
-    documents = read_documents(args.sources)
-    meta = prepare_shards(documents, tokenizer, args.out, args.val_fraction, args.seed)
-    shards = len(meta["train_shards"]) + len(meta["val_shards"])
-    print(
-        f"wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens "
-        f"to {args.out} ({shards} shards)"
+    tokenizer = BPETokenizer.load(args.tokenizer)  # before any work: a bad file fails at once
+    settings = PipelineSettings(
+        sources=args.sources,
+        include=args.include,
+        exclude=args.exclude,
+        text_field=args.text_field,
+        stdin_format=args.stdin_format,
+        clean=config.clean.clean_config(),
+        exact=config.dedup.exact,
+        lines=config.dedup.line_config(),
+        near=config.dedup.near_config(),
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
     )
+    report = prepare_dataset(
+        settings,
+        tokenizer,
+        args.out,
+        args.val_fraction,
+        args.seed,
+        report_settings={"tokenizer": str(args.tokenizer)},
+    )
+    splits, totals = report["splits"], report["totals"]
+    shards = len(splits["train"]["shards"]) + len(splits["val"]["shards"])
+    print(
+        f"wrote {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation "
+        f"tokens to {args.out} ({shards} shards)"
+    )
+    kept_bytes = totals["bytes_out"] / totals["bytes_in"] if totals["bytes_in"] else 0.0
+    print(
+        f"kept {totals['documents_out']:,} of {totals['documents_in']:,} documents "
+        f"({kept_bytes:.1%} of the text); the data report is {args.out / 'report.txt'}"
+    )
+
+
+def cmd_data_report(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.data.report import format_report, load_report
+
+    print(format_report(load_report(args.folder), str(args.folder)))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace, extra: list[str]) -> None:

@@ -3,7 +3,8 @@
     runs/<name>/
       config.toml          the full resolved config (model.vocab_size set from the tokenizer)
       tokenizer.json       the tokenizer the run trained, and tokenizer.vocab to read it
-      data/                token shards train_000000.bin, ..., val_000000.bin, ... and meta.json
+      data/                token shards train_000000.bin, ..., val_000000.bin, ... and meta.json,
+                           the data report (report.json, report.txt, lengths.png)
       checkpoints/step_NNNNNN/
       metrics.jsonl, loss.png, samples.txt
 
@@ -12,8 +13,11 @@ so it can be resumed, evaluated or sampled from without any other input.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +25,19 @@ import torch
 
 from scratchlm.atomic_files import atomic_write_text
 from scratchlm.config import RunConfig, load_config
-from scratchlm.data.documents import read_documents
-from scratchlm.data.prepare import prepare_shards, prepared_shards
-from scratchlm.data.split import Split, split_documents
+from scratchlm.data.dataset import WORK, install_prepared, staging_folder, warn, write_prepared
+from scratchlm.data.pipeline import PipelineSettings, run_pipeline
+from scratchlm.data.prepare import prepared_shards
+from scratchlm.data.split import DocumentSplit, Split
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT
 from scratchlm.tokenizer import BPETokenizer, resolve_pattern
-from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from scratchlm.train.checkpoint import (
+    check_tokenizer_fingerprint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,8 @@ class RunPaths:
 
 
 def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
-    """Read the corpus, train the tokenizer, write token shards and config.toml into the run dir."""
+    """Run the data pipeline, train the tokenizer, write token shards, the data report and
+    config.toml into the run dir."""
     paths = RunPaths(config.run_dir)
     if list_checkpoints(paths.root) and not overwrite:
         raise ScratchLMError(
@@ -76,53 +87,76 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
             f"`scratchlm train --resume {paths.root}`, pick another --name, or pass "
             "--overwrite to replace it"
         )
-    # Everything that can fail on bad input (corpus, pattern, tokenizer) happens before an old
-    # run is removed, so a mistake never costs the user a trained model.
+    # Everything that can fail on bad input (corpus, pattern, tokenizer) happens in a staging
+    # folder beside the run before an old run is touched, so a mistake never costs the user a
+    # trained model.
     pattern = resolve_pattern(config.tokenizer.pattern)  # fail on a bad regex before any work
-    documents = read_documents(config.data.sources)
-    print(f"corpus: {len(documents):,} documents, {sum(map(len, documents)):,} characters")
-
-    t0 = time.perf_counter()
-    # The tokenizer learns from the training split only, so validation text stays unseen.
-    train_documents, _, _ = split_documents(documents, config.data.val_fraction, config.data.seed)
-    training_text = _limit_chars(train_documents, config.tokenizer.max_train_chars)
-    tokenizer = BPETokenizer.train(
-        training_text,
-        vocab_size=config.tokenizer.vocab_size,
-        pattern=pattern,
-        special_tokens=config.tokenizer.special_tokens,
-        progress=True,
+    settings = PipelineSettings.from_config(
+        config.data, config.clean, config.dedup, progress=sys.stderr.isatty()
     )
-    print(f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s")
-    if overwrite and paths.root.exists():
-        shutil.rmtree(paths.root)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(paths.tokenizer)
-    tokenizer.save_vocab(paths.root / "tokenizer.vocab")
+    with staging_folder(paths.root) as stage:
+        corpus = run_pipeline(settings, stage / WORK)
+        for problem in corpus.read.problems():
+            warn(problem)
+        print(
+            f"corpus: {len(corpus):,} documents, {corpus.bytes:,} bytes (of "
+            f"{corpus.read.documents:,} documents, {corpus.read.bytes:,} bytes read)"
+        )
 
-    meta = prepare_shards(
-        documents,
-        tokenizer,
-        paths.data,
-        val_fraction=config.data.val_fraction,
-        seed=config.data.seed,
+        t0 = time.perf_counter()
+        # The tokenizer learns from the training split only, so validation text stays unseen.
+        split = DocumentSplit(config.data.val_fraction, config.data.seed, len(corpus))
+        training_text = _limit_chars(
+            (text for i, document in enumerate(corpus) for side, text in split.parts(i, document)
+             if side == "train"),
+            config.tokenizer.max_train_chars,
+        )  # fmt: skip
+        tokenizer = BPETokenizer.train(
+            training_text,
+            vocab_size=config.tokenizer.vocab_size,
+            pattern=pattern,
+            special_tokens=config.tokenizer.special_tokens,
+            progress=True,
+        )
+        print(
+            f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s"
+        )
+        report = write_prepared(
+            corpus,
+            tokenizer,
+            stage / "data",
+            str(paths.data),
+            config.data.val_fraction,
+            config.data.seed,
+        )
+        tokenizer.save(stage / paths.tokenizer.name)
+        tokenizer.save_vocab(stage / "tokenizer.vocab")
+        if overwrite and paths.root.exists():
+            shutil.rmtree(paths.root)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        install_prepared(stage / "data", paths.data)
+        for name in (paths.tokenizer.name, "tokenizer.vocab"):
+            os.replace(stage / name, paths.root / name)
+    splits = report["splits"]
+    print(
+        f"data: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation "
+        f"tokens (report: {paths.data / 'report.txt'})"
     )
-    print(f"data: {meta['train_tokens']:,} train and {meta['val_tokens']:,} validation tokens")
     config.model.vocab_size = tokenizer.vocab_size
     atomic_write_text(paths.config, config.to_toml())
     return tokenizer
 
 
-def _limit_chars(documents: list[str], max_chars: int) -> list[str]:
-    if max_chars <= 0:
-        return documents
-    kept, total = [], 0
+def _limit_chars(documents: Iterable[str], max_chars: int) -> Iterator[str]:
+    """The documents, cut off after `max_chars` characters in all (0: no limit)."""
+    total = 0
     for doc in documents:
-        if total >= max_chars:
-            break
-        kept.append(doc[: max_chars - total])
-        total += len(kept[-1])
-    return kept
+        if max_chars > 0:
+            if total >= max_chars:
+                return
+            doc = doc[: max_chars - total]
+        total += len(doc)
+        yield doc
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
@@ -156,6 +190,8 @@ def load_trained_model(
             f"built for {config.model.vocab_size}; the tokenizer does not belong to this run"
         )
     model = GPT(config.model)
-    load_checkpoint(checkpoint or latest_checkpoint(Path(run_dir)), model)
+    checkpoint = checkpoint or latest_checkpoint(Path(run_dir))
+    state, _ = load_checkpoint(checkpoint, model)
+    check_tokenizer_fingerprint(checkpoint, state, tokenizer.fingerprint())
     model.to(device or torch.device("cpu")).eval()
     return config, tokenizer, model

@@ -1,10 +1,14 @@
-"""The data stage: named corpora and local text -> documents -> token shards -> batches."""
+"""The data stage: corpora and local text -> clean, deduplicated documents -> token shards
+-> batches, with a data report of what was removed and why."""
 
 from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.cache import cache_dir
+from scratchlm.data.dataset import prepare_dataset
 from scratchlm.data.documents import DocumentSet, load_documents, read_documents
+from scratchlm.data.pipeline import CleanCorpus, PipelineSettings, run_pipeline
 from scratchlm.data.prepare import TextEncoder, prepare_shards, prepared_shards
+from scratchlm.data.report import load_report
 from scratchlm.data.shards import TokenShard, TokenShardWriter, open_shard
 from scratchlm.data.sources import CorpusInfo, fetch_corpus, list_corpora
 from scratchlm.data.split import DocumentSplit, split_documents
@@ -24,9 +28,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CleanCorpus",
     "CorpusInfo",
     "DocumentSet",
     "DocumentSplit",
+    "PipelineSettings",
     "TextEncoder",
     "TokenBatches",
     "TokenShard",
@@ -35,9 +41,12 @@ __all__ = [
     "fetch_corpus",
     "list_corpora",
     "load_documents",
+    "load_report",
     "open_shard",
+    "prepare_dataset",
     "prepare_shards",
     "prepared_shards",
     "read_documents",
+    "run_pipeline",
     "split_documents",
 ]
