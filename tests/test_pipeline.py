@@ -467,3 +467,37 @@ def test_boilerplate_lines_go_from_every_reading(planted: Planted, tmp_path: Pat
     assert report.reasons["repeated_line"].edited == len(planted.expected) // 2
     assert report.reasons["repeated_line"].examples[0]["line"] == header
     assert report.balances()
+
+
+def test_stdin_globs_and_text_field(planted: Planted, tokenizer_file: Path, tmp_path: Path) -> None:
+    texts = planted.expected[:4]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(
+        "".join(json.dumps({"body": t}) + "\n" for t in texts[:2])
+    )
+    (tmp_path / "in" / "b.jsonl").write_text(json.dumps({"body": texts[2]}) + "\n")
+    (tmp_path / "in" / "c.txt").write_text(texts[3])
+    result = run_cli(
+        "data", "prepare", "in", "--include", "*.jsonl", "--exclude", "b.*",
+        "--text-field", "body", "--tokenizer", tokenizer_file, "--out", "from-files",
+        "--no-dedup", "--no-filters", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = load_report(tmp_path / "from-files")
+    assert report["read"]["documents"] == 2 and report["totals"]["documents_out"] == 2
+    assert [s["stage"] for s in report["stages"]] == ["clean"]
+    assert (
+        "stages switched off: exact_dedup, repeated_lines, near_dedup"
+        in (tmp_path / "from-files" / "report.txt").read_text()
+    )
+
+    stdin = "".join(json.dumps({"text": t}) + "\n" for t in [*texts, texts[0]]).encode()
+    done = subprocess.run(
+        [sys.executable, "-m", "scratchlm", "data", "prepare", "-", "--stdin-format", "jsonl",
+         "--tokenizer", str(tokenizer_file), "--out", "from-stdin"],
+        cwd=tmp_path, input=stdin, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = load_report(tmp_path / "from-stdin")
+    assert report["read"]["documents"] == 5 and report["totals"]["documents_out"] == 4
+    assert report["stages"][1]["reasons"]["exact_duplicate"]["examples"][0]["origin"] == "<stdin>:5"

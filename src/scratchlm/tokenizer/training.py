@@ -61,6 +61,7 @@ from scratchlm.tokenizer.bpe import (
     _check_special_names,
     _split,
     _utf8,
+    valid_unicode,
 )
 from scratchlm.tokenizer.patterns import (
     GPT4_SPLIT_PATTERN,
@@ -387,6 +388,8 @@ class _TextReader:
                 )
 
     def _document(self, text: str) -> Iterator[tuple[str, int]]:
+        # Surrogates repaired as encode repairs them, so training sees what encoding will.
+        text = valid_unicode(text)
         pieces = self._cut(text) if self.cuttable and len(text) > PIECE_CHARS else [text]
         for piece in pieces:
             self._note(piece)
