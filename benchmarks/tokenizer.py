@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -175,7 +176,9 @@ def attempt(
         return None
 
 
-def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[str, Any]:
+def bench_size(
+    train: list[str], heldout: list[str], vocab_size: int, encode_rounds: int = 3
+) -> dict[str, Any]:
     heldout_bytes = utf8_size(heldout)
     mb = heldout_bytes / 1e6
     row: dict[str, Any] = {"vocab_size": vocab_size}
@@ -214,11 +217,13 @@ def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[st
         ours.encode_ordinary("warm up")  # builds a lazy fast engine, if any, outside the timing
         row["auto_engine"] = auto_engine(ours)
         encoders["ours"] = lambda docs: [len(ours.encode_ordinary(d)) for d in docs]
-        # A fresh copy, so its chunk cache starts empty as it would for a new tokenizer.
-        python = BPETokenizer(ours.pattern, ours.merges, ours.special_tokens)
-        encoders["ours_python"] = lambda docs: [
-            len(python.encode_ordinary(d, engine="python")) for d in docs
-        ]
+
+        def python_encoder(docs: list[str]) -> list[int]:
+            # A fresh copy every time, so its chunk cache starts empty, as in a new process.
+            python = BPETokenizer(ours.pattern, ours.merges, ours.special_tokens)
+            return [len(python.encode_ordinary(d, engine="python")) for d in docs]
+
+        encoders["ours_python"] = python_encoder
         fast = attempt(row, "tiktoken from our ranks", lambda: tiktoken_from_ours(ours))
         if fast is not None:
             encoding = fast[0]
@@ -229,16 +234,29 @@ def bench_size(train: list[str], heldout: list[str], vocab_size: int) -> dict[st
     if "rustbpe" in trained:
         rust = trained["rustbpe"]
         encoders["rustbpe"] = lambda docs: [len(ids) for ids in rust.batch_encode(docs)]
+    # Encoding takes a fraction of a second, so one run is at the mercy of the machine's load:
+    # the encoders take turns for `encode_rounds` rounds and each keeps its best time.
     counts: dict[str, list[int]] = {}
-    for name, encoder in encoders.items():
-        outcome = attempt(row, f"encode {name}", lambda e=encoder: e(heldout))
-        if outcome is None:
-            continue
-        counts[name], seconds = outcome
+    best: dict[str, float] = {}
+    failed: set[str] = set()
+    for _ in range(encode_rounds):
+        for name, encoder in encoders.items():
+            if name in failed:
+                continue
+            outcome = attempt(row, f"encode {name}", lambda e=encoder: e(heldout))
+            if outcome is None:
+                failed.add(name)
+                continue
+            counts[name], seconds = outcome
+            best[name] = min(seconds, best.get(name, math.inf))
+    for name, seconds in best.items():
         row[f"encode_mb_s_{name}"] = mb / seconds
-        log(f"encode {name} ({mb:.2f} MB held out)", seconds)
+        log(f"encode {name} ({mb:.2f} MB held out, best of {encode_rounds})", seconds)
         if name not in ("tiktoken", "ours_python"):  # ours again: checked below
             row[f"bytes_per_token_{name}"] = heldout_bytes / max(sum(counts[name]), 1)
+    if "ours" in best and "tiktoken" in best:
+        # The fast path's cost over plain tiktoken with the same ranks (target: within 10%).
+        row["encode_ratio_ours_tiktoken"] = best["tiktoken"] / best["ours"]
     # Same ranks, same pattern: tiktoken and our Python encoder must give exactly our counts.
     for other in ("tiktoken", "ours_python"):
         if "ours" in counts and other in counts:
@@ -303,6 +321,9 @@ def print_table(results: dict[str, Any]) -> None:
         ):
             value = get(key)
             print(f"  {what}: {'n/a' if value is None else 'yes' if value else 'NO'}")
+        ratio = get("encode_ratio_ours_tiktoken")
+        if ratio:
+            print(f"  encoding speed ours / tiktoken*: {ratio:.2f}x (target: at least 0.90x)")
         for other in ("hf", "rustbpe"):
             ratio = get(f"bytes_per_token_ratio_ours_{other}")
             if ratio is not None:
@@ -347,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=20.0, help="cap on the text, in MB")
     parser.add_argument("--sizes", default="4096,16384", help="comma-separated vocab sizes")
     parser.add_argument("--json", type=Path, help="also save the results here")
+    parser.add_argument(
+        "--encode-rounds", type=int, default=3, help="encoding runs per encoder; best is kept"
+    )
     args = parser.parse_args(argv)
     sizes = parse_sizes(args.sizes)
 
@@ -360,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heldout_documents": len(heldout),
         "train_mb": utf8_size(train) / 1e6,
         "heldout_mb": utf8_size(heldout) / 1e6,
-        "rows": [bench_size(train, heldout, size) for size in sizes],
+        "rows": [bench_size(train, heldout, size, args.encode_rounds) for size in sizes],
     }
     results["machine"] = machine()  # again, now that the load average covers the run
     print_table(results)
