@@ -48,6 +48,50 @@ def smollm2(smollm2_path: Path) -> GGUFModel:
 
 
 @pytest.fixture(scope="module")
+def smollm2_reader(smollm2_path: Path) -> Any:
+    return gguf_format.open_gguf(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def smollm2_metadata(smollm2_reader: Any) -> dict[str, Any]:
+    return gguf_format._metadata(smollm2_reader)
+
+
+@pytest.fixture(scope="module")
+def smollm2_reference_tokenizer(smollm2_metadata: dict[str, Any]) -> Any:
+    """SmolLM2's own tokenizer, built by the tokenizers library from the file's vocabulary.
+
+    Configured as SmolLM2's tokenizer.json is (and as llama.cpp reads tokenizer.ggml.pre
+    "smollm"): every digit cut out on its own, then GPT-2's split (ByteLevel with its regex),
+    BPE with the file's merges, the control tokens as special added tokens.
+    """
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers
+
+    tokens = smollm2_metadata["tokenizer.ggml.tokens"]
+    types = smollm2_metadata["tokenizer.ggml.token_type"]
+    merges = [tuple(m.split(" ")) for m in smollm2_metadata["tokenizer.ggml.merges"]]
+    tokenizer = tokenizers.Tokenizer(
+        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(
+        [
+            tokenizers.AddedToken(t, special=True, normalized=False)
+            for t, kind in zip(tokens, types, strict=True)
+            if kind == 3
+        ]
+    )
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
 def hf_tokenizer(smollm2_path: Path) -> Any:
     """transformers' tokenizer built from the same GGUF file, exactly as it builds it."""
     transformers = pytest.importorskip("transformers")
@@ -55,29 +99,6 @@ def hf_tokenizer(smollm2_path: Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(
         str(smollm2_path.parent), gguf_file=smollm2_path.name
     )
-
-
-@pytest.fixture(scope="module")
-def smollm2_reference_tokenizer(smollm2_path: Path, hf_tokenizer: Any) -> Any:
-    """transformers' GGUF tokenizer with SmolLM2's real pre-tokenizer.
-
-    SmolLM2's own tokenizer.json (and llama.cpp, for tokenizer.ggml.pre "smollm") first cuts
-    every digit out on its own, then applies GPT-2's split. transformers 5.23.0 has no entry for
-    "smollm" and falls back to GPT-2's split alone; with the real pre-tokenizer put back, it is
-    the model's tokenizer exactly.
-    """
-    import copy
-
-    from tokenizers import pre_tokenizers
-
-    tokenizer = copy.deepcopy(hf_tokenizer)
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    return tokenizer
 
 
 def _texts() -> list[str]:
@@ -121,9 +142,9 @@ def test_state_dict_names_shapes_and_dtype(smollm2: GGUFModel) -> None:
     assert all(torch.isfinite(t).all() for t in sd.values())
 
 
-def test_our_dequantisation_equals_the_gguf_package(smollm2_path: Path) -> None:
+def test_our_dequantisation_equals_the_gguf_package(smollm2_reader: Any) -> None:
     """Q8_0 (embedding), Q4_1 (matrices) and F32 (norms), bitwise against gguf.quants."""
-    reader = gguf.GGUFReader(smollm2_path)
+    reader = smollm2_reader
     seen: set[str] = set()
     for tensor in reader.tensors:
         kind = tensor.tensor_type.name
@@ -184,22 +205,47 @@ def test_tokenizer_matches_smollm2_tokenizer(
     ref = smollm2_reference_tokenizer
     tok = smollm2.tokenizer
     for text in _texts():
-        theirs = ref.encode(text, add_special_tokens=False)
+        theirs = ref.encode(text, add_special_tokens=False).ids
         ours = tok.encode(text, allowed_special="all")
         assert ours == theirs, f"{text[:40]!r}: {_first_difference(ours, theirs)}"
-        assert tok.decode(ours) == text
+        assert tok.decode(ours) == text == ref.decode(theirs, skip_special_tokens=False)
     # Special token strings: the reference matches them in text; ours only when allowed.
     text = "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>"
     assert tok.encode(text, allowed_special="all")[:1] == [1]
-    assert ref.encode(text, add_special_tokens=False) == tok.encode(text, allowed_special="all")
+    assert ref.encode(text).ids == tok.encode(text, allowed_special="all")
     assert 1 not in tok.encode(text)
 
 
+@pytest.mark.slow  # transformers takes 15-20 s to build its tokenizer from the GGUF
+def test_tokenizer_matches_transformers_with_smollm2_split(
+    smollm2: GGUFModel, hf_tokenizer: Any
+) -> None:
+    """transformers' GGUF tokenizer, with SmolLM2's real pre-tokenizer put back (see below),
+    gives our ids on every text."""
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    ref = copy.deepcopy(hf_tokenizer)
+    ref.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    for text in _texts():
+        theirs = ref.encode(text, add_special_tokens=False)
+        ours = smollm2.tokenizer.encode(text, allowed_special="all")
+        assert ours == theirs, f"{text[:40]!r}: {_first_difference(ours, theirs)}"
+
+
+@pytest.mark.slow  # transformers takes 15-20 s to build its tokenizer from the GGUF
 def test_tokenizer_against_transformers_gguf_tokenizer(
     smollm2: GGUFModel, hf_tokenizer: Any
 ) -> None:
-    """transformers' GGUF tokenizer splits digit runs as GPT-2 does; the two agree on text
-    where that cannot matter, and differ exactly where a whitespace run meets a digit."""
+    """transformers 5.23.0 has no entry for tokenizer.ggml.pre "smollm" and falls back to
+    GPT-2's split, which keeps digit runs together. The two agree on text where that cannot
+    matter, and differ where a whitespace run meets a digit."""
     tok = smollm2.tokenizer
     digit_after_spaces = re.compile(r"\s\s\d|\d\d")
     for text in _texts():
@@ -220,30 +266,43 @@ def test_bytes_missing_from_the_vocabulary(smollm2: GGUFModel) -> None:
     assert ids[1] == tok.byte_ids[0x04] >= 49152  # ... with an id the model has no row for
 
 
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi!\nTwo lines."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ],
+]
+
+
+def test_chat_template_renders_chatml(smollm2: GGUFModel) -> None:
+    template = smollm2.chat_template
+    assert template is not None
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert render_chat(template, CONVERSATIONS[0]) == (
+        f"<|im_start|>system\n{system}<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert render_chat(template, CONVERSATIONS[1], add_generation_prompt=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!\nTwo lines.<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+    )
+
+
+@pytest.mark.slow  # transformers takes 15-20 s to build its tokenizer from the GGUF
 def test_chat_template_matches_transformers(smollm2: GGUFModel, hf_tokenizer: Any) -> None:
     template = smollm2.chat_template
-    assert template is not None and "<|im_start|>" in template
-    conversations = [
-        [{"role": "user", "content": "What is the capital of France?"}],
-        [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi!\nTwo lines."},
-            {"role": "assistant", "content": "Hello."},
-            {"role": "user", "content": "Bye"},
-        ],
-    ]
-    for messages in conversations:
+    assert template is not None
+    for messages in CONVERSATIONS:
         for generation in (True, False):
             ours = render_chat(template, messages, add_generation_prompt=generation)
             theirs = hf_tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation
             )
             assert ours == theirs
-    first = render_chat(template, conversations[0])
-    assert first.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert first.endswith(
-        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-    )
 
 
 def test_chat_template_bad_messages() -> None:

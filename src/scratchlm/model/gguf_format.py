@@ -206,8 +206,21 @@ def open_gguf(path: Path) -> Any:
         raise ScratchLMError(
             f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})"
         )
+
+    class PlainArrayReader(gguf.GGUFReader):
+        # The reader slices its np.memmap a million times for a 49k-token vocabulary, and each
+        # slice of a memmap subclass costs Python bookkeeping. A plain ndarray view of the same
+        # mapped bytes reads identically, three times faster (SmolLM2: 5.4 s -> 1.8 s).
+        @property  # type: ignore[override]
+        def data(self) -> np.ndarray:
+            return self._plain_data
+
+        @data.setter
+        def data(self, value: np.ndarray) -> None:
+            self._plain_data = value.view(np.ndarray)
+
     try:
-        return gguf.GGUFReader(path)
+        return PlainArrayReader(path)
     except Exception as e:  # the reader raises ValueError, struct.error, IndexError, ...
         raise ScratchLMError(f"{path} is a damaged or truncated GGUF file: {e}") from None
 
