@@ -158,17 +158,22 @@ def test_our_dequantisation_equals_the_gguf_package(smollm2_reader: Any) -> None
     assert seen == {"Q8_0", "Q4_1", "F32"}
 
 
-@pytest.mark.slow  # transformers dequantises the whole file: 30-60 s on 2 cores
-def test_state_dict_equals_transformers(smollm2: GGUFModel, smollm2_path: Path) -> None:
-    """Every tensor, bitwise, against transformers' own GGUF loading of the same file; this
-    checks the names, the dequantisation and the undone q/k RoPE permutation together."""
+@pytest.fixture(scope="module")
+def hf_model(smollm2_path: Path) -> Any:
+    """transformers' LlamaForCausalLM from the same GGUF file (it dequantises it itself)."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    return transformers.AutoModelForCausalLM.from_pretrained(
         str(smollm2_path.parent), gguf_file=smollm2_path.name
-    )
-    theirs = model.state_dict()
+    ).eval()
+
+
+@pytest.mark.slow  # transformers dequantises the whole file: 30-60 s on 2 cores
+def test_state_dict_equals_transformers(smollm2: GGUFModel, hf_model: Any) -> None:
+    """Every tensor, bitwise, against transformers' own GGUF loading of the same file; this
+    checks the names, the dequantisation and the undone q/k RoPE permutation together."""
+    theirs = hf_model.state_dict()
     assert set(theirs) == set(smollm2.state_dict) | {"lm_head.weight"}
     for name, tensor in smollm2.state_dict.items():
         assert torch.equal(tensor, theirs[name]), name
@@ -310,6 +315,69 @@ def test_chat_template_bad_messages() -> None:
         render_chat("{{ messages }}", [{"text": "hi"}])
     with pytest.raises(ScratchLMError, match="refused the messages: no system"):
         render_chat("{{ raise_exception('no system') }}", [{"role": "user", "content": "x"}])
+
+
+# ------------------------------------------------------------------ as a scratchlm run
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(smollm2_path: Path) -> Path:
+    """The imported run in the cache (imported by the first session that asks, then reused)."""
+    pytest.importorskip("scratchlm.model.hf_format")
+    return gguf_format.pretrained_run("smollm2-135m-instruct")
+
+
+def test_pretrained_run_answers_paris(smollm2_run: Path) -> None:
+    from scratchlm.config import SampleConfig
+    from scratchlm.run_dir import load_trained_model
+    from scratchlm.text_generation import sample_text
+
+    config, tokenizer, model = load_trained_model(smollm2_run)
+    assert (config.model.n_layer, config.model.n_kv_head, config.model.norm) == (30, 3, "rmsnorm")
+    assert (smollm2_run / "chat_template.jinja").read_text().startswith("{% for message")
+    greedy = SampleConfig(max_new_tokens=8, temperature=0.0)
+    reply = sample_text(model, tokenizer, "The capital of France is", greedy)
+    assert reply.split()[0].strip(".,") == "Paris", reply
+
+    # The zero rows added for bytes SmolLM2's vocabulary lacks: logit exactly 0, far below
+    # the real continuation.
+    ids = torch.tensor([tokenizer.encode("The capital of France is")])
+    with torch.no_grad():
+        logits, _ = model(ids)
+    last = logits[0, -1]
+    assert torch.all(last[49152:] == 0)
+    assert last[:49152].max() > 10
+
+
+def test_unknown_pretrained_model() -> None:
+    with pytest.raises(ScratchLMError, match="unknown pretrained model 'smollm3'"):
+        gguf_format.pretrained_run("smollm3")
+
+
+def test_run_export_to_gguf_and_back(tmp_path: Path) -> None:
+    hf_format = pytest.importorskip("scratchlm.model.hf_format")
+    from scratchlm.run_dir import save_imported_run
+
+    tokenizer = pydoc_tokenizer(512)
+    config, state = _tiny_llama(True, vocab_size=tokenizer.vocab_size, seed=3)
+    model = hf_format.gpt_from_hf_state_dict(config, state)
+    run_dir = tmp_path / "tiny-run"
+    save_imported_run(run_dir, model, tokenizer, source="test")
+    (run_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    out = tmp_path / "tiny.gguf"
+    gguf_format.export_gguf_run(run_dir, out)
+
+    back = read_gguf(out)
+    assert back.chat_template == "{{ messages[0]['content'] }}"
+    assert back.tokenizer.fingerprint() == tokenizer.fingerprint()
+    assert set(back.state_dict) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(back.state_dict[name], tensor), name
+
+
+def test_run_import_refuses_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ScratchLMError, match="already exists; pass --overwrite"):
+        gguf_format.import_gguf_run(tmp_path / "anything.gguf", tmp_path)
 
 
 # --------------------------------------------------------------------------------- export
@@ -490,3 +558,31 @@ def test_unknown_tensor_and_pre_tokenizer() -> None:
         gguf_format.tokenizer_from_metadata(
             {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}
         )
+
+
+@pytest.mark.slow  # shares transformers' 30-60 s load with test_state_dict_equals_transformers
+def test_greedy_decoding_equals_transformers(smollm2_run: Path, hf_model: Any) -> None:
+    """32 greedy tokens from several prompts, token for token, against transformers running
+    the same GGUF; only at a near-tie (top two logits within 1e-4) may the comparison stop."""
+    from scratchlm.run_dir import load_trained_model
+
+    _, tokenizer, model = load_trained_model(smollm2_run)
+    prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+        "Once upon a time, in a small village,",
+    ]
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, allowed_special="all")
+        for step in range(32):
+            with torch.no_grad():
+                ours = model(torch.tensor([ids]))[0][0, -1, :49152]
+                theirs = hf_model(torch.tensor([ids])).logits[0, -1]
+            assert torch.allclose(ours, theirs, atol=1e-3, rtol=0), (prompt, step)
+            top2 = theirs.topk(2).values
+            if top2[0] - top2[1] < 1e-4:
+                print(f"{prompt!r}: near-tie at token {step}, compared {step} tokens")
+                break
+            assert int(ours.argmax()) == int(theirs.argmax()), (prompt, step)
+            ids.append(int(theirs.argmax()))

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from scratchlm.atomic_files import atomic_path, atomic_write_bytes
+from scratchlm.atomic_files import atomic_path, atomic_write_bytes, atomic_write_text
 from scratchlm.data.cache import cache_dir
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer
@@ -430,6 +430,102 @@ def unpermute_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
     half = rows // heads // 2
     grouped = weight.reshape(heads, half, 2, *weight.shape[1:])
     return grouped.transpose(1, 2).reshape(weight.shape)
+
+
+# --------------------------------------------------------------------------- run directory
+
+PRETRAINED_RUNS = {"smollm2-135m-instruct": fetch_smollm2_gguf}
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def import_gguf_run(
+    path: str | os.PathLike[str], run_dir: str | os.PathLike[str], overwrite: bool = False
+) -> Any:
+    """Make `run_dir` a scratchlm run of the GGUF model at `path` (config.toml,
+    tokenizer.json, one weights-only checkpoint) and return its RunConfig."""
+    from scratchlm.model.hf_format import gpt_from_hf_state_dict
+    from scratchlm.run_dir import save_imported_run
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:  # before the slow read
+        raise ScratchLMError(f"{run_dir} already exists; pass --overwrite to replace it")
+    model = read_gguf(path)
+    config, state = _padded_to_tokenizer(model)
+    gpt = gpt_from_hf_state_dict(config, state, where=str(path))
+    run = save_imported_run(run_dir, gpt, model.tokenizer, source=str(path), overwrite=overwrite)
+    if model.chat_template:
+        # How the model's authors format a conversation, for chat front ends (render_chat).
+        atomic_write_text(run_dir / CHAT_TEMPLATE_FILE, model.chat_template)
+    return run
+
+
+def export_gguf_run(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    dtype: str = "f32",
+) -> Any:
+    """Write the Llama-shaped model of a run (default: its latest checkpoint) as a GGUF file,
+    with its tokenizer and chat template; returns the model."""
+    from scratchlm.model.hf_format import (
+        hf_architecture,
+        llama_state_dict_from_gpt,
+        model_config_to_llama_config,
+    )
+    from scratchlm.run_dir import load_trained_model
+
+    _, tokenizer, model = load_trained_model(
+        Path(run_dir), Path(checkpoint) if checkpoint else None
+    )
+    if hf_architecture(model.config) != "llama":
+        raise ScratchLMError(
+            f"{run_dir} holds a GPT-2-shaped model; GGUF export writes Llama-shaped models "
+            "(RoPE, RMSNorm, SwiGLU), which is what llama.cpp runs"
+        )
+    template_path = Path(run_dir) / CHAT_TEMPLATE_FILE
+    template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
+    write_gguf(
+        out,
+        model_config_to_llama_config(model.config),
+        llama_state_dict_from_gpt(model),
+        tokenizer,
+        chat_template=template,
+        dtype=dtype,
+        name=Path(run_dir).name,
+    )
+    return model
+
+
+def pretrained_run(name: str) -> Path:
+    """The run directory of pretrained model `name` in the cache, imported on first use."""
+    fetch = PRETRAINED_RUNS.get(name)
+    if fetch is None:
+        raise ScratchLMError(
+            f"unknown pretrained model {name!r}; choose one of {', '.join(PRETRAINED_RUNS)}"
+        )
+    run_dir = cache_dir() / "runs" / name
+    if not (run_dir / "config.toml").is_file():
+        import_gguf_run(fetch(), run_dir, overwrite=run_dir.exists())
+    return run_dir
+
+
+def _padded_to_tokenizer(model: GGUFModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and weights with one embedding row for every id of the tokenizer.
+
+    A run pairs a model with a tokenizer of exactly its size, and ours has an id for each
+    byte the file's vocabulary lacks (see _add_missing_bytes). Their rows are zero: as input
+    such a byte adds nothing to the residual stream, and with a tied head its logit is 0,
+    far below the logits of real continuations.
+    """
+    extra = model.tokenizer.vocab_size - model.config["vocab_size"]
+    if extra <= 0:
+        return model.config, model.state_dict
+    state = dict(model.state_dict)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in state:
+            weight = state[name]
+            state[name] = torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
+    return {**model.config, "vocab_size": model.tokenizer.vocab_size}, state
 
 
 # ------------------------------------------------------------------------------- tokenizer
