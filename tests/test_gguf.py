@@ -473,6 +473,20 @@ def test_export_round_trip(tmp_path: Path, dtype: str, tied: bool) -> None:
     assert model.tokenizer.encode(PYDOC_TEXT[:2000]) == tokenizer.encode(PYDOC_TEXT[:2000])
 
 
+def test_smollm2_tokenizer_round_trips_through_export(tmp_path: Path, smollm2: GGUFModel) -> None:
+    """Its 21 extra byte ids are left out of the file and recreated, the same, on reading."""
+    config, state = _tiny_llama(True, vocab_size=49152)
+    config |= {"bos_token_id": 1, "eos_token_id": 2}
+    write_gguf(tmp_path / "s.gguf", config, state, smollm2.tokenizer, smollm2.chat_template)
+    back = read_gguf(tmp_path / "s.gguf")
+    assert back.tokenizer.fingerprint() == smollm2.tokenizer.fingerprint()
+    assert back.chat_template == smollm2.chat_template
+    # A tokenizer with more ids than rows otherwise is refused.
+    config, state = _tiny_llama(True, vocab_size=49000)
+    with pytest.raises(ScratchLMError, match="49173 ids but the model only 49000 rows"):
+        write_gguf(tmp_path / "t.gguf", config, state, smollm2.tokenizer)
+
+
 def test_export_refuses_a_pattern_llama_cpp_cannot_name(tmp_path: Path) -> None:
     from scratchlm.tokenizer import BPETokenizer
 

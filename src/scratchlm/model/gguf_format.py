@@ -672,10 +672,7 @@ def write_gguf(
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // heads)
     vocab_size = int(config["vocab_size"])
-    if tokenizer.vocab_size > vocab_size:
-        raise ScratchLMError(
-            f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size} rows"
-        )
+    _check_ids_fit(tokenizer, vocab_size)
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -716,6 +713,17 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+
+
+def _check_ids_fit(tokenizer: BPETokenizer, vocab_size: int) -> None:
+    """Every id must have a row, except the ids _add_missing_bytes gave to bytes a GGUF
+    vocabulary lacked: they are left out again, and reading the file back recreates them."""
+    beyond = sorted(i for i in tokenizer.vocab if i >= vocab_size)
+    missing_bytes = [i for i in tokenizer.byte_ids if i >= vocab_size]
+    if not beyond == missing_bytes == list(range(vocab_size, vocab_size + len(beyond))):
+        raise ScratchLMError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab_size} rows"
+        )
 
 
 def _add_tokenizer(
