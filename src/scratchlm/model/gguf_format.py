@@ -102,7 +102,7 @@ _PRE_TOKENIZER_NAMES: dict[str, str] = {
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
 _TOKEN_TYPE_NAMES = {0: "undefined", 2: "unknown", 4: "user-defined", 6: "byte"}
 
-# GGUF tensor name -> HF name; "{n}" is the layer number.
+# A layer's tensors: GGUF's name after "blk.N." -> Hugging Face's after "model.layers.N.".
 _LAYER_TENSORS = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight",
@@ -181,8 +181,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     try:
         metadata = _metadata(reader)
         config = llama_config(metadata, {t.name for t in reader.tensors})
+        tokenizer = tokenizer_from_metadata(metadata)  # before the slow part, to fail fast
         state_dict = _read_tensors(reader, config)
-        tokenizer = tokenizer_from_metadata(metadata)
     except ScratchLMError as e:
         raise ScratchLMError(f"{path}: {e}") from None
     template = metadata.get("tokenizer.chat_template")
