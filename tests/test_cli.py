@@ -447,7 +447,7 @@ BAD_CONFIGS: dict[str, tuple[bytes | None, str, list[str]]] = {
     "invalid-toml": (b"[model\nn_layer = 2\n", "", ["bad.toml", "not valid TOML"]),
     "wrong-type-in-toml": (b'[train]\nmax_steps = "ten"\n', "", ["bad.toml", "train.max_steps", "'ten'"]),
     "wrong-type-on-command-line": (None, "--train.max_steps ten", ["--train.max_steps", "'ten'"]),
-    "bad-choice": (b'[model]\npos_encoding = "sinusoidal"\n', "", ["model.pos_encoding", "'rope'"]),
+    "bad-choice": (b'[model]\npos_encoding = "alibi"\n', "", ["model.pos_encoding", "'rope'"]),
     "section-not-a-table": (b"model = 3\n", "", ["bad.toml", "[model]"]),
     "override-without-value": (None, "--train.max_steps", ["--train.max_steps needs a value"]),
     "config-not-utf8": (b'name = "caf\xe9"\n', "", ["bad.toml", "UTF-8"]),

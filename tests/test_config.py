@@ -54,7 +54,7 @@ def test_toml_round_trip(tmp_path: Path) -> None:
         ),
         ("[modle]\n", "unknown key modle"),
         ("[model]\nn_layer = 'two'\n", "model.n_layer must be a whole number"),
-        ("[model]\npos_encoding = 'alibi'\n", "choose one of 'learned', 'rope'"),
+        ("[model]\npos_encoding = 'alibi'\n", "choose one of 'learned', 'sinusoidal', 'rope'"),
         ("[model]\nn_embd = 100\nn_head = 3\n", "divisible by model.n_head"),
         ("[tokenizer]\nvocab_size = 200\n", "at least 256 byte tokens"),
         ("[train]\nbatch_size = 0\n", "train.batch_size must be at least 1"),
@@ -95,4 +95,5 @@ def test_presets() -> None:
     assert model_preset("gpt2-124m").n_layer == 12
     with pytest.raises(ScratchLMError, match="gpt2-124m"):
         model_preset("gpt5")
-    assert RunConfig().model == model_preset("gpt2-124m")
+    # The defaults are GPT-2 124M; the preset only adds its name.
+    assert RunConfig().model == model_preset("gpt2-124m", preset="")

@@ -13,6 +13,7 @@ so it can be resumed, evaluated or sampled from without any other input.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -31,12 +32,14 @@ from scratchlm.data.prepare import prepared_shards
 from scratchlm.data.split import DocumentSplit, Split
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT
+from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 from scratchlm.tokenizer import BPETokenizer, resolve_pattern
 from scratchlm.train.checkpoint import (
+    TrainingState,
     check_tokenizer_fingerprint,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    read_checkpoint_meta,
 )
 
 
@@ -189,9 +192,28 @@ def load_trained_model(
             f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was "
             f"built for {config.model.vocab_size}; the tokenizer does not belong to this run"
         )
-    model = GPT(config.model)
     checkpoint = checkpoint or latest_checkpoint(Path(run_dir))
-    state, _ = load_checkpoint(checkpoint, model)
+    meta = read_checkpoint_meta(checkpoint)
+    state = TrainingState(step=int(meta["step"]), extra=meta.get("extra", {}))
     check_tokenizer_fingerprint(checkpoint, state, tokenizer.fingerprint())
+    weights = checkpoint / "model.safetensors"
+    _check_sha256(weights, meta["sha256"].get(weights.name))
+    # Built on the meta device and filled with views of the memory-mapped file: a large model
+    # is never in memory twice (model/loading.py).
+    model = gpt_from_state_dict(config.model, open_safetensors(weights), where=str(weights))
     model.to(device or torch.device("cpu")).eval()
     return config, tokenizer, model
+
+
+def _check_sha256(path: Path, digest: str | None) -> None:
+    if not path.is_file():
+        raise ScratchLMError(f"checkpoint {path.parent} is incomplete: {path.name} is missing")
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    if digest is not None and sha.hexdigest() != digest:
+        raise ScratchLMError(
+            f"checkpoint {path.parent} is corrupted: {path.name} does not match its checksum; "
+            "use an earlier checkpoint (--checkpoint) or retrain"
+        )

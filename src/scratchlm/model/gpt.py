@@ -1,13 +1,21 @@
 """The GPT model: a decoder-only transformer, readable top to bottom.
 
-The shapes follow GPT-2 (Radford et al., 2019) as nanoGPT writes it: token embedding (+ learned
-position embedding), n_layer pre-norm blocks of causal self-attention and a GELU MLP, a final
-LayerNorm and a language-model head that shares its weight with the token embedding. With
-`pos_encoding = "rope"` the position embedding is replaced by rotary embeddings on q and k.
+The default shape is GPT-2 (Radford et al., 2019) as nanoGPT writes it: token embedding +
+learned position embedding, n_layer pre-norm blocks of causal self-attention and a GELU MLP, a
+final LayerNorm and a language-model head that shares its weight with the token embedding.
+Every choice Llama-style models make differently is a ModelConfig key, used in one place below:
+
+    pos_encoding   learned | sinusoidal (added to the embeddings) | rope (rotates q and k)
+    norm           layernorm | rmsnorm, always before each sublayer; qk_norm on q and k
+    mlp            gelu | swiglu | relu2, hidden width ffn_hidden
+    n_kv_head      fewer key/value heads than query heads: grouped-query / multi-query
+    sliding_window each token attends to at most this many recent tokens
+    bias, tie_embeddings, logit_softcap, activation_checkpointing
 
 Shape letters used in the comments:
     B batch, T new tokens in this forward, P tokens already in the KV cache (the position
-    offset), S = P + T keys attended over, C n_embd, H n_head, D head_dim = C / H, V vocab_size.
+    offset), S = P + T keys attended over, C n_embd, H n_head, K n_kv_head, D head_dim = C / H,
+    F ffn_hidden, V vocab_size.
 """
 
 from __future__ import annotations
@@ -18,16 +26,26 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from scratchlm.config import ModelConfig
+from scratchlm.model.norms import RMSNorm, make_norm
+from scratchlm.model.positional import (
+    apply_rope,
+    llama3_inv_freq,
+    rope_cos_sin,
+    rope_inv_freq,
+    sinusoidal_encoding,
+)
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, so that decoding one token costs O(S), not O(S²).
 
-    One preallocated k and one v tensor per layer, each (B, H, max_len, D). `pos` counts the
-    tokens already written; GPT.forward reads it as the position of its first new token, writes
-    the new keys and values at [pos, pos + T) and then advances it by T.
+    One preallocated k and one v tensor per layer, each (B, K, max_len, D): with grouped-query
+    attention only the K key/value heads are stored, which is where GQA saves its memory.
+    `pos` counts the tokens already written; GPT.forward reads it as the position of its first
+    new token, writes the new keys and values at [pos, pos + T) and then advances it by T.
     Create it with `model.new_kv_cache(...)`.
     """
 
@@ -53,42 +71,43 @@ class KVCache:
         self.pos = 0
 
 
-def rope_cos_sin(head_dim: int, max_len: int, base: float) -> tuple[Tensor, Tensor]:
-    """Rotation angles for RoPE (Su et al., 2021): cos and sin, each (max_len, D/2).
+def attention_mask(
+    pos: int, T: int, window: int, device: torch.device | None = None
+) -> Tensor | None:
+    """Which keys each new query may see: (T, S) bool, True = attend; None when SDPA's own
+    `is_causal` (pos = 0, no window) or no mask at all (one new token, no window) is exact.
 
-    Pair i of a head's channels is rotated by the angle position * base^(-2i/D): fast for the
-    first pairs, slow for the last, so dot products q·k depend on the relative distance.
+    New token i sits at position pos + i and sees key j when j <= pos + i (causal) and, with a
+    sliding window W, j > pos + i - W (only the W most recent tokens, itself included).
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, D/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate q or k (B, H, T, D) by the angles cos, sin (T, D/2).
-
-    "Rotate-half" layout (as GPT-NeoX and LLaMA in Hugging Face): channel i is paired with
-    channel i + D/2, not with its neighbour i + 1. Either layout works when used consistently;
-    this one needs only two slices instead of a strided reshape.
-    """
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()  # (B, H, T, D/2) each
-    # Rotate in float32 and cast back, so that bfloat16 activations keep accurate angles.
-    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.type_as(x)
+    if window == 0 and (pos == 0 or T == 1):
+        return None
+    key_pos = torch.arange(pos + T, device=device)  # (S,)
+    query_pos = torch.arange(pos, pos + T, device=device)[:, None]  # (T, 1)
+    mask = key_pos <= query_pos  # (T, S)
+    if window:
+        mask &= key_pos > query_pos - window
+    return mask
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_kv_head = config.kv_heads
+        self.head_dim = config.head_dim
+        self.window = config.sliding_window
         self.dropout = config.dropout
-        self.use_rope = config.pos_encoding == "rope"
-        # q, k and v for all heads in one matmul.
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # q (H heads), k and v (K heads each) in one matmul: C + 2·K·D outputs. With K = H this
+        # is GPT-2's c_attn of 3C; fewer key/value heads shrink it (and the KV cache).
+        kv_width = config.kv_heads * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm: normalising each head's q and k bounds the attention logits, which keeps
+        # the softmax from saturating when training with large learning rates.
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -98,69 +117,86 @@ class CausalSelfAttention(nn.Module):
         cache: tuple[Tensor, Tensor] | None,
         pos: int,
     ) -> Tensor:
-        """x (B, T, C) -> (B, T, C). cos/sin (T, D/2) are this step's RoPE angles (None when
-        positions are learned); cache is this layer's (k, v) buffers and pos the tokens in them."""
+        """x (B, T, C) -> (B, T, C). cos/sin (T, D/2) are this step's RoPE angles (None without
+        RoPE); cache is this layer's (k, v) buffers and pos the tokens already in them."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
-        # Split C into H heads of size D and move heads next to batch: (B, H, T, D).
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([C, K * D, K * D], dim=2)  # (B, T, C), (B, T, K·D) x2
+        # Split channels into heads and move heads next to batch: (B, H or K, T, D).
+        q = q.view(B, T, H, D).transpose(1, 2)
+        k = k.view(B, T, K, D).transpose(1, 2)
+        v = v.view(B, T, K, D).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None and sin is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        dropout_p = self.dropout if self.training else 0.0
-        if cache is None or pos == 0:
-            # Training, or a prefill into an empty cache: the plain causal (T, T) attention.
-            if cache is not None:
-                cache[0][:, :, :T] = k
-                cache[1][:, :, :T] = v
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
+        if cache is not None:
             cache_k, cache_v = cache
             cache_k[:, :, pos : pos + T] = k
             cache_v[:, :, pos : pos + T] = v
-            # (B, H, S, D), cast in case the cache is kept in another dtype than the activations.
-            k = cache_k[:, :, : pos + T].to(q.dtype)
-            v = cache_v[:, :, : pos + T].to(q.dtype)
-            if T == 1:
-                # The newest token may look at every cached one: no mask at all.
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-            else:
-                # is_causal=True would align the (T, S) mask top-left, i.e. treat the new tokens
-                # as positions 0..T-1. They are at pos..pos+T-1: new token i sees keys j <= pos+i.
-                key_pos = torch.arange(pos + T, device=x.device)  # (S,)
-                query_pos = torch.arange(pos, pos + T, device=x.device)  # (T,)
-                mask = key_pos[None, :] <= query_pos[:, None]  # (T, S), True = may attend
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
+            if pos > 0:
+                # Attend over everything cached: (B, K, S, D), cast in case the cache is kept
+                # in another dtype than the activations.
+                k = cache_k[:, :, : pos + T].to(q.dtype)
+                v = cache_v[:, :, : pos + T].to(q.dtype)
+        mask = attention_mask(pos, T, self.window, x.device)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            # Without a mask, a prefill from position 0 is plain causal attention; a single
+            # new token may look at every key, so it needs no mask at all.
+            is_causal=mask is None and T > 1,
+            # Each group of H/K query heads shares one key/value head.
+            enable_gqa=K != H,
+        )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """The position-wise feed-forward network: (B, T, C) -> (B, T, F) -> (B, T, C).
+
+    gelu:   c_proj(gelu(c_fc(x))), GPT-2.
+    relu2:  c_proj(relu(c_fc(x))²), "Primer" (So et al., 2021), cheap and sparse.
+    swiglu: c_proj(silu(gate) * up) with gate, up = c_fc(x) (Shazeer, 2020; Llama): c_fc holds
+            both input matrices, stacked, so one matmul computes them.
+    """
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 was trained with the tanh approximation of GELU; keep it to match its weights.
-        self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.ffn_hidden
+        n_in = 2 * hidden if config.mlp == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (B, T, C) -> (B, T, 4C) -> (B, T, C)
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, F), or (B, T, 2F) for swiglu
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            # GPT-2 was trained with the tanh approximation of GELU; keep it to match its weights.
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
 class Block(nn.Module):
-    """One transformer layer. Pre-norm (GPT-2): the residual stream x itself is never normalised,
-    which keeps gradients flowing straight through deep stacks."""
+    """One transformer layer. Pre-norm (GPT-2, Llama): the residual stream x itself is never
+    normalised, which keeps gradients flowing straight through deep stacks."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(
@@ -177,8 +213,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    rope_cos: Tensor  # buffers, present only with pos_encoding = "rope"
+    # Tables derived from the config, kept as non-persistent buffers (never in checkpoints).
+    rope_cos: Tensor  # (block_size, D/2), with pos_encoding = "rope"
     rope_sin: Tensor
+    pos_table: Tensor  # (block_size, C), with pos_encoding = "sinusoidal"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -191,22 +229,17 @@ class GPT(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
+                ln_f=make_norm(config),
             )
         )
         if config.pos_encoding == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf, 2017): the head scores a hidden state against every token
-        # embedding. Saves V*C parameters (38.6M of GPT-2's 124M) and tends to help small models.
-        self.transformer["wte"].weight = self.lm_head.weight
-
-        if config.pos_encoding == "rope":
-            # One table shared by all layers. Non-persistent: it is a function of the config,
-            # recomputed here rather than saved in checkpoints.
-            cos, sin = rope_cos_sin(config.head_dim, config.block_size, config.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
-            self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, D/2)
+        self.tie_weights()
+        if self.lm_head.weight.is_meta:
+            # Shapes only: whoever fills in the weights (loading.py) calls init_buffers then.
+            return
+        self.init_buffers()
 
         self.apply(self._init_weights)
         # GPT-2's scaled init: every block adds two outputs to the residual stream, so the
@@ -215,6 +248,39 @@ class GPT(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.c_proj, block.mlp.c_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def tie_weights(self) -> None:
+        """Weight tying (Press & Wolf, 2017): the head scores a hidden state against every token
+        embedding. Saves V*C parameters (38.6M of GPT-2's 124M) and tends to help small models.
+        Called again after loading weights by assignment, which replaces the Parameters."""
+        if self.config.tie_embeddings:
+            self.transformer["wte"].weight = self.lm_head.weight
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the position tables from the config on `device` (default: the current
+        default device): at construction, and after a model built on the meta device got its
+        weights by assignment (these buffers are not in checkpoints)."""
+        with torch.device(device or torch.get_default_device()):
+            self._init_buffers()
+
+    def _init_buffers(self) -> None:
+        config = self.config
+        if config.pos_encoding == "rope":
+            inv_freq = rope_inv_freq(config.head_dim, config.rope_base)
+            if config.rope_scaling == "llama3":
+                inv_freq = llama3_inv_freq(
+                    inv_freq,
+                    config.rope_factor,
+                    config.rope_low_freq_factor,
+                    config.rope_high_freq_factor,
+                    config.rope_original_context,
+                )
+            cos, sin = rope_cos_sin(inv_freq, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        elif config.pos_encoding == "sinusoidal":
+            table = sinusoidal_encoding(config.block_size, config.n_embd)
+            self.register_buffer("pos_table", table, persistent=False)  # (block_size, C)
 
     @property
     def blocks(self) -> list[Block]:
@@ -227,14 +293,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        # LayerNorm keeps PyTorch's default: weight 1, bias 0.
+        # LayerNorm and RMSNorm keep their own init: weight 1, bias 0.
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Number of parameters, the tied embedding/head matrix counted once.
+        """Number of parameters, a tied embedding/head matrix counted once.
 
         exclude_embeddings leaves out the token and position embeddings (the "non-embedding"
-        count of Kaplan et al., 2020). The tied lm_head is the token embedding, so it goes too.
-        Works on the meta device: it only reads shapes.
+        count of Kaplan et al., 2020) and the head's matrix. Works on the meta device: it only
+        reads shapes.
         """
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared one once
         if exclude_embeddings:
@@ -242,7 +308,9 @@ class GPT(nn.Module):
         return n
 
     def _embedding_params(self) -> list[Tensor]:
-        params: list[Tensor] = [self.lm_head.weight]  # the same Parameter as transformer.wte.weight
+        params: list[Tensor] = [cast(nn.Embedding, self.transformer["wte"]).weight]
+        if self.lm_head.weight is not params[0]:  # untied: the head is a matrix of its own
+            params.append(self.lm_head.weight)
         if "wpe" in self.transformer:
             params.append(cast(nn.Embedding, self.transformer["wpe"]).weight)
         return params
@@ -252,8 +320,8 @@ class GPT(nn.Module):
 
         Decay the matrices of the Linear layers; leave biases and norm gains alone (decaying them
         toward 0 only fights the normalisation) and the embeddings (a row of a rare token gets few
-        gradient updates, so decay would shrink it toward nothing). The tied head is the token
-        embedding, so it is not decayed either.
+        gradient updates, so decay would shrink it toward nothing). The head goes with the
+        embeddings, tied or not.
         """
         embeddings = {id(p) for p in self._embedding_params()}
         decay, no_decay = [], []
@@ -283,7 +351,7 @@ class GPT(nn.Module):
         return KVCache(
             n_layer=config.n_layer,
             batch_size=batch_size,
-            n_head=config.n_head,
+            n_head=config.kv_heads,  # only the key/value heads are cached
             max_len=max_len,
             head_dim=config.head_dim,
             device=weight.device if device is None else device,
@@ -325,15 +393,28 @@ class GPT(nn.Module):
         if self.config.pos_encoding == "learned":
             positions = torch.arange(pos, pos + T, device=idx.device)  # (T,)
             x = x + self.transformer["wpe"](positions)  # (T, C) broadcast over B
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[pos : pos + T].to(x.dtype)  # (T, C) broadcast over B
         else:
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # (T, D/2)
         x = self.transformer["drop"](x)
 
+        recompute = (
+            self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        )
         for i, block in enumerate(self.blocks):
             cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
-            x = block(x, cos, sin, cache, pos)  # (B, T, C)
+            if recompute and cache is None:
+                # Keep only the block's input; its inner activations are recomputed in backward.
+                x = cast(Tensor, checkpoint(block, x, cos, sin, None, pos, use_reentrant=False))
+            else:
+                x = block(x, cos, sin, cache, pos)  # (B, T, C)
         x = self.transformer["ln_f"](x)
         logits = self.lm_head(x)  # (B, T, V)
+        if self.config.logit_softcap:
+            # A smooth clamp to (-cap, cap): no single logit can grow without bound (Gemma 2).
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
 
         if kv_cache is not None:
             kv_cache.pos += T
