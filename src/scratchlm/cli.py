@@ -8,6 +8,8 @@
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
     scratchlm generate RUN_DIR --prompt "..."
     scratchlm eval RUN_DIR
+    scratchlm export RUN_DIR --format hf --out DIR
+    scratchlm import hf DIR --out RUN_DIR
 
 A user's mistake (ScratchLMError) is printed as one line with exit status 2, no traceback.
 """
@@ -26,6 +28,8 @@ from scratchlm.errors import ScratchLMError
 # Heavy imports (torch, the model) happen inside the commands, so `--help` is instant.
 
 TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
+MODEL_EXPORT_FORMATS = ("hf",)
+MODEL_IMPORT_FORMATS = ("hf",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,6 +247,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="validation batches to average")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=cmd_eval)
+
+    # export / import -------------------------------------------------------------------------
+    p = commands.add_parser(
+        "export", help="write a trained run's model in another format (Hugging Face)"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=MODEL_EXPORT_FORMATS,
+        help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
+        "loads as GPT2LMHeadModel or LlamaForCausalLM",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=cmd_export)
+    p = commands.add_parser("import", help="make a run directory from another format's model")
+    p.add_argument(
+        "format",
+        choices=MODEL_IMPORT_FORMATS,
+        help="hf: a Hugging Face GPT-2 or Llama folder (config.json, model.safetensors, "
+        "tokenizer.json)",
+    )
+    p.add_argument("source", type=Path, help="the folder to import")
+    p.add_argument("--out", required=True, type=Path, help="the run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=cmd_import)
     return parser
 
 
@@ -654,6 +686,46 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
     n = args.batches if args.batches is not None else config.train.eval_batches
     loss = evaluate_loss(model, batches.eval_batches(n))
     print(f"val loss {loss:.4f} | val perplexity {perplexity(loss):.2f} ({n} batches)")
+
+
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
+    if args.out.exists() and not args.overwrite:  # before loading anything
+        raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
+    from scratchlm.model.hf_format import save_hf_model
+    from scratchlm.run_dir import load_trained_model
+    from scratchlm.tokenizer.hf_format import hf_tokenizer_text
+
+    _, tokenizer, model = load_trained_model(args.run_dir, args.checkpoint)
+    arch = save_hf_model(
+        model,
+        args.out,
+        tokenizer_json=hf_tokenizer_text(tokenizer),
+        eos_token_id=tokenizer.special_tokens.get("<|endoftext|>"),
+        overwrite=args.overwrite,
+    )
+    kind = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
+    print(f"wrote {args.out}: a Hugging Face {kind} ({model.num_parameters():,} parameters)")
+
+
+def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
+    if args.out.exists() and not args.overwrite:  # before reading anything
+        raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
+    from scratchlm.model.hf_format import TOKENIZER_FILE, load_hf_model, read_hf_config
+    from scratchlm.run_dir import save_imported_run
+    from scratchlm.tokenizer.hf_format import load_hf_tokenizer
+
+    read_hf_config(args.source)  # a missing folder or config.json is named first
+    if not (args.source / TOKENIZER_FILE).is_file():
+        raise ScratchLMError(
+            f"{args.source} is missing {TOKENIZER_FILE}; a run needs the model's tokenizer"
+        )
+    tokenizer = load_hf_tokenizer(args.source / TOKENIZER_FILE)
+    model = load_hf_model(args.source)
+    save_imported_run(args.out, model, tokenizer, source=str(args.source), overwrite=args.overwrite)
+    print(
+        f"imported {args.source} ({model.num_parameters():,} parameters) into the run {args.out}; "
+        f"try `scratchlm generate {args.out} --prompt ...`"
+    )
 
 
 def _print_samples(

@@ -208,12 +208,67 @@ def load_trained_model(
 def _check_sha256(path: Path, digest: str | None) -> None:
     if not path.is_file():
         raise ScratchLMError(f"checkpoint {path.parent} is incomplete: {path.name} is missing")
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    if digest is not None and sha.hexdigest() != digest:
+    if digest is not None and _sha256(path) != digest:
         raise ScratchLMError(
             f"checkpoint {path.parent} is corrupted: {path.name} does not match its checksum; "
             "use an earlier checkpoint (--checkpoint) or retrain"
         )
+
+
+def save_imported_run(
+    run_dir: Path,
+    model: GPT,
+    tokenizer: BPETokenizer,
+    source: str,
+    overwrite: bool = False,
+) -> RunConfig:
+    """Make `run_dir` a run of an imported model: config.toml, tokenizer.json and one
+    checkpoint (step 0, weights only), so generate, eval and export treat it like a trained run.
+
+    Built in a staging folder beside it and renamed into place when complete; an existing
+    folder is replaced only with overwrite=True.
+    """
+    import json
+
+    import safetensors.torch
+
+    from scratchlm.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_dir
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise ScratchLMError(f"{run_dir} already exists; pass --overwrite to replace it")
+    config = RunConfig(name=run_dir.name, out_dir=str(run_dir.parent), model=model.config)
+    # A run pairs a model with a tokenizer of exactly its vocabulary size (load_trained_model).
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ScratchLMError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size:,} tokens but the model "
+            f"{model.config.vocab_size:,} embeddings; scratchlm needs them equal"
+        )
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staging_folder(run_dir) as stage:
+        tokenizer.save(stage / "tokenizer.json")
+        atomic_write_text(stage / "config.toml", config.to_toml())
+        weights = checkpoint_dir(stage, 0)
+        weights.mkdir(parents=True)
+        safetensors.torch.save_model(model, str(weights / "model.safetensors"))
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "step": 0,
+            "tokens_seen": 0,
+            "best_val_loss": None,
+            "extra": {"tokenizer": tokenizer.fingerprint(), "imported_from": source},
+            "sha256": {"model.safetensors": _sha256(weights / "model.safetensors")},
+        }
+        atomic_write_text(weights / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        os.replace(stage, run_dir)
+    return config
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()

@@ -1,0 +1,494 @@
+"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2 or Llama checkpoint.
+
+A Hugging Face model folder holds config.json (the architecture and its shape) and
+model.safetensors (the weights, under transformers' names), or shards of it listed in
+model.safetensors.index.json. Two architectures map onto our GPT:
+
+    GPT2LMHeadModel   learned positions, LayerNorm with biases, GELU MLP, multi-head attention.
+                      Same tensor names as ours; its Conv1D layers store weights as (in, out),
+                      the transpose of nn.Linear's.
+    LlamaForCausalLM  RoPE (rotate-half, the layout of our apply_rope), RMSNorm, SwiGLU,
+                      grouped-query attention. Separate q/k/v and gate/up matrices, which we
+                      fuse: c_attn = [q; k; v] (C + 2·K·D rows), c_fc = [gate; up].
+
+The public functions the GGUF reader (gguf_format.py) builds on: `llama_config_to_model_config`
+(a config.json dict -> ModelConfig) and `gpt_from_hf_state_dict` (HF-named tensors -> GPT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from scratchlm.atomic_files import fsync_dir
+from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.model.gpt import GPT
+from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
+
+Architecture = Literal["gpt2", "llama"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+# --- which architecture a config is ------------------------------------------------------------
+
+
+def hf_architecture(config: ModelConfig) -> Architecture:
+    """ "gpt2" or "llama": the transformers class that computes exactly what `config` does;
+    a ScratchLMError naming the options that fit neither."""
+    common = {
+        "qk_norm": (config.qk_norm, False),
+        "sliding_window": (config.sliding_window, 0),
+        "logit_softcap": (config.logit_softcap, 0.0),
+    }
+    gpt2 = {
+        **common,
+        "pos_encoding": (config.pos_encoding, "learned"),
+        "norm": (config.norm, "layernorm"),
+        "mlp": (config.mlp, "gelu"),
+        "bias": (config.bias, True),
+        "n_kv_head": (config.kv_heads, config.n_head),
+    }
+    llama = {
+        **common,
+        "pos_encoding": (config.pos_encoding, "rope"),
+        "norm": (config.norm, "rmsnorm"),
+        "mlp": (config.mlp, "swiglu"),
+    }
+    mismatches = {}
+    for name, wanted in (("gpt2", gpt2), ("llama", llama)):
+        wrong = [f"{key} = {have!r}" for key, (have, want) in wanted.items() if have != want]
+        if not wrong:
+            return name  # type: ignore[return-value]
+        mismatches[name] = wrong
+    raise ScratchLMError(
+        "this model has no Hugging Face equivalent: for GPT-2 it would need to change "
+        f"{', '.join(mismatches['gpt2'])}; for Llama {', '.join(mismatches['llama'])}"
+    )
+
+
+# --- config.json <-> ModelConfig ---------------------------------------------------------------
+
+
+def model_config_to_gpt2_config(config: ModelConfig) -> dict[str, Any]:
+    """The config.json of GPT2LMHeadModel for a GPT-2-shaped ModelConfig."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.mlp_hidden or None,  # None: 4 * n_embd, as our 0
+        "activation_function": "gelu_new",  # the tanh approximation, as our MLP uses
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+        "torch_dtype": "float32",
+    }
+
+
+def model_config_to_llama_config(config: ModelConfig) -> dict[str, Any]:
+    """The config.json (keyword arguments of transformers.LlamaConfig) for a Llama-shaped
+    ModelConfig."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
+    if config.rope_scaling == "llama3":
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": config.rope_base,
+            "factor": config.rope_factor,
+            "low_freq_factor": config.rope_low_freq_factor,
+            "high_freq_factor": config.rope_high_freq_factor,
+            "original_max_position_embeddings": config.rope_original_context,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.ffn_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        "hidden_act": "silu",
+        "attention_bias": config.bias,
+        "mlp_bias": config.bias,
+        "attention_dropout": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+        # transformers 5 reads rope_parameters; 4.x read rope_theta and rope_scaling.
+        "rope_parameters": rope,
+        "rope_theta": config.rope_base,
+        **({"rope_scaling": rope} if config.rope_scaling == "llama3" else {}),
+        "torch_dtype": "float32",
+    }
+
+
+def gpt2_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
+    """A ModelConfig from a GPT-2 config.json."""
+    _expect(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), where, "gelu_new")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if hf.get(flag, False):
+            raise ScratchLMError(f"{where}: {flag} = true is not supported")
+    if not hf.get("scale_attn_weights", True):
+        raise ScratchLMError(f"{where}: scale_attn_weights = false is not supported")
+    n_embd = _int(hf, "n_embd", where)
+    config = ModelConfig(
+        vocab_size=_int(hf, "vocab_size", where),
+        block_size=_int(hf, "n_positions", where),
+        n_layer=_int(hf, "n_layer", where),
+        n_head=_int(hf, "n_head", where),
+        n_embd=n_embd,
+        mlp_hidden=int(hf.get("n_inner") or 0),  # None: 4 * n_embd, as our 0
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
+    return _validated(config, where)
+
+
+def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
+    """A ModelConfig from a Llama config.json (transformers 4.x or 5.x keys)."""
+    _expect(hf, "hidden_act", ("silu",), where, "silu")
+    n_embd = _int(hf, "hidden_size", where)
+    n_head = _int(hf, "num_attention_heads", where)
+    n_kv_head = int(hf.get("num_key_value_heads") or n_head)
+    head_dim = hf.get("head_dim") or n_embd // n_head
+    if head_dim * n_head != n_embd:
+        raise ScratchLMError(
+            f"{where}: head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}; "
+            "scratchlm needs head_dim = hidden_size / num_attention_heads"
+        )
+    attention_bias, mlp_bias = (
+        bool(hf.get("attention_bias", False)),
+        bool(hf.get("mlp_bias", False)),
+    )
+    if attention_bias != mlp_bias:
+        raise ScratchLMError(
+            f"{where}: attention_bias = {attention_bias} but mlp_bias = {mlp_bias}; scratchlm "
+            "has one bias switch for both"
+        )
+    # transformers 5 writes rope_parameters; older config.json files rope_theta + rope_scaling.
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_base = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling: dict[str, Any] = {}
+    if rope_type == "llama3":
+        scaling = dict(
+            rope_scaling="llama3",
+            rope_factor=float(rope["factor"]),
+            rope_low_freq_factor=float(rope["low_freq_factor"]),
+            rope_high_freq_factor=float(rope["high_freq_factor"]),
+            rope_original_context=int(rope["original_max_position_embeddings"]),
+        )
+    elif rope_type != "default":
+        raise ScratchLMError(
+            f"{where}: RoPE scaling {rope_type!r} is not supported (only 'default' and 'llama3')"
+        )
+    config = ModelConfig(
+        vocab_size=_int(hf, "vocab_size", where),
+        block_size=_int(hf, "max_position_embeddings", where),
+        n_layer=_int(hf, "num_hidden_layers", where),
+        n_head=n_head,
+        n_kv_head=0 if n_kv_head == n_head else n_kv_head,  # 0: one per query head
+        n_embd=n_embd,
+        mlp="swiglu",
+        mlp_hidden=_int(hf, "intermediate_size", where),
+        norm="rmsnorm",
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        bias=attention_bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # LlamaConfig's default
+        pos_encoding="rope",
+        rope_base=rope_base,
+        **scaling,
+    )
+    return _validated(config, where)
+
+
+def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
+    """A ModelConfig from a config.json of either architecture (by its model_type)."""
+    return _CONFIG_READERS[_model_type(hf, where)](hf, where)
+
+
+def _model_type(hf: Mapping[str, Any], where: str) -> Architecture:
+    model_type = hf.get("model_type")
+    if model_type not in ("gpt2", "llama"):
+        raise ScratchLMError(
+            f"{where}: model_type {model_type!r} is not supported; scratchlm imports 'gpt2' "
+            "and 'llama' models"
+        )
+    return model_type  # type: ignore[no-any-return]
+
+
+_CONFIG_READERS = {"gpt2": gpt2_config_to_model_config, "llama": llama_config_to_model_config}
+
+
+# --- tensors: ours <-> transformers' -----------------------------------------------------------
+
+
+def gpt2_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
+    """GPT2LMHeadModel's tensors for a GPT-2-shaped model (same names, Conv1D transposed)."""
+    state: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue  # HF re-ties it to transformer.wte.weight
+        state[name] = tensor.t() if name.endswith(_CONV1D) else tensor
+    return state
+
+
+def llama_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
+    """LlamaForCausalLM's tensors for a Llama-shaped model: fused matrices split again."""
+    config = model.config
+    C, KD = config.n_embd, config.kv_heads * config.head_dim
+    ours = model.state_dict()
+    state: dict[str, Tensor] = {"model.embed_tokens.weight": ours["transformer.wte.weight"]}
+    for i in range(config.n_layer):
+        src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
+        state[dst + "input_layernorm.weight"] = ours[src + "ln_1.weight"]
+        state[dst + "post_attention_layernorm.weight"] = ours[src + "ln_2.weight"]
+        for kind in ("weight", "bias") if config.bias else ("weight",):
+            q, k, v = ours[f"{src}attn.c_attn.{kind}"].split([C, KD, KD])
+            state[f"{dst}self_attn.q_proj.{kind}"] = q
+            state[f"{dst}self_attn.k_proj.{kind}"] = k
+            state[f"{dst}self_attn.v_proj.{kind}"] = v
+            state[f"{dst}self_attn.o_proj.{kind}"] = ours[f"{src}attn.c_proj.{kind}"]
+            gate, up = ours[f"{src}mlp.c_fc.{kind}"].chunk(2)
+            state[f"{dst}mlp.gate_proj.{kind}"] = gate
+            state[f"{dst}mlp.up_proj.{kind}"] = up
+            state[f"{dst}mlp.down_proj.{kind}"] = ours[f"{src}mlp.c_proj.{kind}"]
+    state["model.norm.weight"] = ours["transformer.ln_f.weight"]
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = ours["lm_head.weight"]
+    return state
+
+
+def gpt_from_hf_state_dict(
+    config: ModelConfig | Mapping[str, Any],
+    state: Mapping[str, Tensor],
+    where: str = "Hugging Face checkpoint",
+) -> GPT:
+    """A GPT from transformers-named tensors (GPT-2 or Llama names, told apart by the config's
+    model_type, or for a ModelConfig by the tensor names), loaded without a second copy.
+
+    `config` is a config.json dict or a ModelConfig. Unknown tensors and wrong shapes are one
+    ScratchLMError naming the tensor.
+    """
+    if isinstance(config, ModelConfig):
+        model_config = config
+        arch: Architecture = "llama" if "model.embed_tokens.weight" in state else "gpt2"
+    else:
+        arch = _model_type(config, where)
+        model_config = hf_config_to_model_config(config, where)
+    ours = (
+        _gpt_names_from_llama(model_config, state, where)
+        if arch == "llama"
+        else (_gpt_names_from_gpt2(state, where))
+    )
+    return gpt_from_state_dict(model_config, ours, where=where)
+
+
+def _gpt_names_from_gpt2(state: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    ours: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        # The causal-mask buffers of older transformers versions are not weights.
+        if name.endswith((".attn.bias", ".attn.masked_bias")) and ".c_attn" not in name:
+            continue
+        # The original GPT-2 checkpoints name the tensors without the "transformer." prefix.
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name
+        ours[name] = tensor.t() if name.endswith(_CONV1D) else tensor
+    return ours
+
+
+def _gpt_names_from_llama(
+    config: ModelConfig, state: Mapping[str, Tensor], where: str
+) -> dict[str, Tensor]:
+    remaining = dict(state)
+
+    def take(name: str) -> Tensor:
+        if name not in remaining:
+            raise ScratchLMError(f"{where}: tensor {name} is missing")
+        return remaining.pop(name)
+
+    ours: dict[str, Tensor] = {"transformer.wte.weight": take("model.embed_tokens.weight")}
+    for i in range(config.n_layer):
+        src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
+        ours[dst + "ln_1.weight"] = take(src + "input_layernorm.weight")
+        ours[dst + "ln_2.weight"] = take(src + "post_attention_layernorm.weight")
+        for kind in ("weight", "bias") if config.bias else ("weight",):
+            ours[f"{dst}attn.c_attn.{kind}"] = torch.cat(
+                [take(f"{src}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
+            )
+            ours[f"{dst}attn.c_proj.{kind}"] = take(f"{src}self_attn.o_proj.{kind}")
+            ours[f"{dst}mlp.c_fc.{kind}"] = torch.cat(
+                [take(f"{src}mlp.gate_proj.{kind}"), take(f"{src}mlp.up_proj.{kind}")]
+            )
+            ours[f"{dst}mlp.c_proj.{kind}"] = take(f"{src}mlp.down_proj.{kind}")
+    ours["transformer.ln_f.weight"] = take("model.norm.weight")
+    if "lm_head.weight" in remaining:
+        ours["lm_head.weight"] = remaining.pop("lm_head.weight")
+    # RoPE frequencies that some checkpoints carry are recomputed from the config.
+    left = [name for name in remaining if not name.endswith("rotary_emb.inv_freq")]
+    if left:
+        raise ScratchLMError(
+            f"{where}: tensor {left[0]} has no place in a {config.n_layer}-layer Llama model "
+            f"({len(left)} such tensors)"
+        )
+    return ours
+
+
+# --- folders -----------------------------------------------------------------------------------
+
+
+def save_hf_model(
+    model: GPT,
+    folder: Path | str,
+    tokenizer_json: str | None = None,
+    eos_token_id: int | None = None,
+    overwrite: bool = False,
+) -> Architecture:
+    """Write `folder` with config.json, model.safetensors (and tokenizer.json when given) that
+    transformers' GPT2LMHeadModel or LlamaForCausalLM loads. Returns which one it is.
+    eos_token_id (e.g. of <|endoftext|>) is where transformers' generate() stops.
+
+    The folder is built beside the destination and renamed into place when complete; an
+    existing folder is replaced only with overwrite=True.
+    """
+    folder = Path(folder)
+    arch = hf_architecture(model.config)  # before touching anything
+    if folder.exists() and not overwrite:
+        raise ScratchLMError(f"{folder} already exists; pass --overwrite to replace it")
+    if arch == "gpt2":
+        hf_config, state = (
+            model_config_to_gpt2_config(model.config),
+            gpt2_state_dict_from_gpt(model),
+        )
+    else:
+        hf_config, state = (
+            model_config_to_llama_config(model.config),
+            llama_state_dict_from_gpt(model),
+        )
+    # Both classes default to ids of their original vocabularies, which ours need not have.
+    hf_config["bos_token_id"] = hf_config["eos_token_id"] = eos_token_id
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (stage / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        # Copies: split views of one fused matrix would share storage, which safetensors refuses.
+        tensors = {name: t.detach().contiguous().clone() for name, t in state.items()}
+        safetensors.torch.save_file(tensors, str(stage / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer_json is not None:
+            (stage / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        for path in stage.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(stage, folder)
+        fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return arch
+
+
+def read_hf_config(folder: Path | str) -> dict[str, Any]:
+    """config.json of a Hugging Face model folder, checked to be there and to be JSON."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ScratchLMError(f"no such folder: {folder}")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ScratchLMError(f"{folder} is missing {CONFIG_FILE}, the model's architecture")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchLMError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ScratchLMError(f"{path} is not a JSON object")
+    return data
+
+
+def read_hf_weights(folder: Path | str) -> dict[str, Tensor]:
+    """The tensors of model.safetensors, or of the shards its index lists, memory-mapped."""
+    folder = Path(folder)
+    if (folder / WEIGHTS_FILE).is_file():
+        return open_safetensors(folder / WEIGHTS_FILE)
+    if (folder / INDEX_FILE).is_file():
+        try:
+            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise ScratchLMError(f"{folder / INDEX_FILE} is not a safetensors index") from None
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise ScratchLMError(
+                f"{folder} is missing {', '.join(missing)} (listed in {INDEX_FILE})"
+            )
+        tensors: dict[str, Tensor] = {}
+        for name in shards:
+            tensors.update(open_safetensors(folder / name))
+        return tensors
+    pickles = [p.name for p in folder.glob("pytorch_model*.bin")]
+    hint = (
+        f" ({', '.join(pickles)} is a pickle, which scratchlm does not load; convert it to "
+        "safetensors)"
+        if pickles
+        else ""
+    )
+    raise ScratchLMError(f"{folder} is missing {WEIGHTS_FILE} (or {INDEX_FILE}){hint}")
+
+
+def load_hf_model(folder: Path | str) -> GPT:
+    """A GPT from a Hugging Face GPT-2 or Llama folder (config.json + safetensors weights)."""
+    folder = Path(folder)
+    hf_config = read_hf_config(folder)
+    _model_type(hf_config, str(folder / CONFIG_FILE))  # unsupported models fail before reading
+    return gpt_from_hf_state_dict(hf_config, read_hf_weights(folder), where=str(folder))
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def _int(hf: Mapping[str, Any], key: str, where: str) -> int:
+    value = hf.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ScratchLMError(f"{where}: {key} must be a whole number, got {value!r}")
+    return value
+
+
+def _expect(
+    hf: Mapping[str, Any], key: str, allowed: tuple[str, ...], where: str, default: str
+) -> None:
+    value = hf.get(key, default)
+    if value not in allowed:
+        raise ScratchLMError(
+            f"{where}: {key} = {value!r} is not supported (scratchlm computes {allowed[0]!r})"
+        )
+
+
+def _validated(config: ModelConfig, where: str) -> ModelConfig:
+    try:
+        config.validate()
+    except ScratchLMError as e:
+        raise ScratchLMError(f"{where}: {e}") from None
+    return config
