@@ -600,3 +600,46 @@ def test_greedy_decoding_equals_transformers(smollm2_run: Path, hf_model: Any) -
                 break
             assert int(ours.argmax()) == int(theirs.argmax()), (prompt, step)
             ids.append(int(theirs.argmax()))
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_import_and_export_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("scratchlm.model.hf_format")
+    from scratchlm.cli import main
+
+    tokenizer = pydoc_tokenizer(512)
+    config, state = _tiny_llama(False, vocab_size=tokenizer.vocab_size, seed=5)
+    source = tmp_path / "tiny.gguf"
+    write_gguf(source, config, state, tokenizer, dtype="f16")
+    run_dir = tmp_path / "run"
+    assert main(["import", "gguf", str(source), "--out", str(run_dir)]) == 0
+    assert "into the run" in capsys.readouterr().out
+    out = tmp_path / "back.gguf"
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out)]) == 0
+    back = read_gguf(out)  # f16 in, f32 out: the f16 values exactly
+    for name, tensor in state.items():
+        expected = tensor.half().float() if tensor.ndim == 2 else tensor
+        assert torch.equal(back.state_dict[name], expected), name
+    assert back.tokenizer.fingerprint() == tokenizer.fingerprint()
+
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a model")
+    bad = ["import", "gguf", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "run2")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not a GGUF file" in err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_cli_generate_with_the_pretrained_name(
+    smollm2_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchlm.cli import main
+
+    prompt = "The capital of France is"
+    argv = ["generate", "smollm2-135m-instruct", "--prompt", prompt, "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "3"]) == 0
+    assert f"{prompt} Paris" in capsys.readouterr().out

@@ -6,10 +6,10 @@
     scratchlm tokenizer export --tokenizer T --format hf|tiktoken|gpt2 --out PATH
     scratchlm tokenizer import FILE... --format hf|tiktoken|gpt2 | --pretrained NAME --out T
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
-    scratchlm generate RUN_DIR --prompt "..."
+    scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
     scratchlm eval RUN_DIR
-    scratchlm export RUN_DIR --format hf --out DIR
-    scratchlm import hf DIR --out RUN_DIR
+    scratchlm export RUN_DIR --format hf --out DIR | --format gguf --out FILE [--dtype f16]
+    scratchlm import hf DIR --out RUN_DIR | gguf FILE --out RUN_DIR
 
 A user's mistake (ScratchLMError) is printed as one line with exit status 2, no traceback.
 """
@@ -28,8 +28,8 @@ from scratchlm.errors import ScratchLMError
 # Heavy imports (torch, the model) happen inside the commands, so `--help` is instant.
 
 TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
-MODEL_EXPORT_FORMATS = ("hf",)
-MODEL_IMPORT_FORMATS = ("hf",)
+MODEL_EXPORT_FORMATS = ("hf", "gguf")
+MODEL_IMPORT_FORMATS = ("hf", "gguf")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # generate --------------------------------------------------------------------------------
     p = commands.add_parser("generate", help="sample text from a trained run")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        help="a run directory, or a pretrained model (smollm2-135m-instruct: downloaded and "
+        "imported into the cache on first use)",
+    )
     p.add_argument("--prompt", default=None, help="text to continue (default: the run's prompts)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None, help="0 for greedy decoding")
@@ -258,9 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         choices=MODEL_EXPORT_FORMATS,
         help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
-        "loads as GPT2LMHeadModel or LlamaForCausalLM",
+        "loads as GPT2LMHeadModel or LlamaForCausalLM; gguf: one file for llama.cpp "
+        "(Llama-shaped models)",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path, help="output folder (hf) or file (gguf)")
+    p.add_argument(
+        "--dtype", choices=("f32", "f16"), default="f32", help="gguf: weight matrices' type"
+    )
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(handler=cmd_export)
@@ -269,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
         "format",
         choices=MODEL_IMPORT_FORMATS,
         help="hf: a Hugging Face GPT-2 or Llama folder (config.json, model.safetensors, "
-        "tokenizer.json)",
+        "tokenizer.json); gguf: a llama.cpp file of a Llama model (f32, f16 or quantised)",
     )
-    p.add_argument("source", type=Path, help="the folder to import")
+    p.add_argument("source", type=Path, help="the folder or file to import")
     p.add_argument("--out", required=True, type=Path, help="the run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(handler=cmd_import)
@@ -649,7 +658,7 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
     if args.num_samples < 1:
         raise ScratchLMError(f"--num-samples must be at least 1, got {args.num_samples}")
     _print_samples(
-        args.run_dir,
+        _run_or_pretrained(args.run_dir),
         prompt=args.prompt,
         overrides={
             "max_new_tokens": args.max_new_tokens,
@@ -691,6 +700,15 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before loading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.format == "gguf":
+        from scratchlm.model.gguf_format import export_gguf_run
+
+        model = export_gguf_run(args.run_dir, args.out, args.checkpoint, args.dtype)
+        print(
+            f"wrote {args.out}: a llama GGUF, {args.dtype} weights "
+            f"({model.num_parameters():,} parameters)"
+        )
+        return
     from scratchlm.model.hf_format import save_hf_model
     from scratchlm.run_dir import load_trained_model
     from scratchlm.tokenizer.hf_format import hf_tokenizer_text
@@ -710,6 +728,15 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
 def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before reading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.format == "gguf":
+        from scratchlm.model.gguf_format import import_gguf_run
+
+        config = import_gguf_run(args.source, args.out, overwrite=args.overwrite)
+        print(
+            f"imported {args.source} ({config.model.n_layer} layers, {config.model.n_embd} wide) "
+            f"into the run {args.out}; try `scratchlm generate {args.out} --prompt ...`"
+        )
+        return
     from scratchlm.model.hf_format import TOKENIZER_FILE, load_hf_model, read_hf_config
     from scratchlm.run_dir import save_imported_run
     from scratchlm.tokenizer.hf_format import load_hf_tokenizer
@@ -726,6 +753,16 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
         f"imported {args.source} ({model.num_parameters():,} parameters) into the run {args.out}; "
         f"try `scratchlm generate {args.out} --prompt ...`"
     )
+
+
+def _run_or_pretrained(run_dir: Path) -> Path:
+    """`run_dir` itself, or for the name of a pretrained model that is not a folder here, its
+    run in the cache (downloaded and imported the first time)."""
+    from scratchlm.model.gguf_format import PRETRAINED_RUNS, pretrained_run
+
+    if not run_dir.exists() and str(run_dir) in PRETRAINED_RUNS:
+        return pretrained_run(str(run_dir))
+    return run_dir
 
 
 def _print_samples(
