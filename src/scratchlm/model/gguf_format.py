@@ -503,9 +503,16 @@ def pretrained_run(name: str) -> Path:
         raise ScratchLMError(
             f"unknown pretrained model {name!r}; choose one of {', '.join(PRETRAINED_RUNS)}"
         )
+    from scratchlm.run_dir import load_run_config
+
     run_dir = cache_dir() / "runs" / name
-    if not (run_dir / "config.toml").is_file():
-        import_gguf_run(fetch(), run_dir, overwrite=run_dir.exists())
+    if (run_dir / "config.toml").is_file():
+        try:
+            load_run_config(run_dir)
+            return run_dir
+        except ScratchLMError:
+            pass  # written by another scratchlm version: the run is derived data, redo it
+    import_gguf_run(fetch(), run_dir, overwrite=run_dir.exists())
     return run_dir
 
 
