@@ -133,7 +133,9 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
 
 
 def test_keep_last_checkpoints(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, max_steps=40, checkpoint_interval=10, keep_checkpoints=2)
+    config = tiny_config(
+        tmp_path, max_steps=40, checkpoint_interval=10, keep_checkpoints=2, keep_best=False
+    )
     prepare_run(config)
     train_model(config, quiet=True)
     assert [p.name for p in list_checkpoints(config.run_dir)] == ["step_000030", "step_000040"]

@@ -8,6 +8,7 @@
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
     scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
     scratchlm eval RUN_DIR
+    scratchlm plot RUN_DIR
     scratchlm export RUN_DIR --format hf --out DIR | --format gguf --out FILE [--dtype f16]
     scratchlm import hf DIR --out RUN_DIR | gguf FILE --out RUN_DIR
 
@@ -252,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="validation batches to average")
     p.add_argument("--device", default="cpu")
     p.set_defaults(handler=cmd_eval)
+
+    # plot ------------------------------------------------------------------------------------
+    p = commands.add_parser(
+        "plot", help="loss and learning-rate curves of a run as PNG (from its metrics.jsonl)"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(handler=cmd_plot)
 
     # export / import -------------------------------------------------------------------------
     p = commands.add_parser(
@@ -753,6 +761,19 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
         f"imported {args.source} ({model.num_parameters():,} parameters) into the run {args.out}; "
         f"try `scratchlm generate {args.out} --prompt ...`"
     )
+
+
+def cmd_plot(args: argparse.Namespace, extra: list[str]) -> None:
+    from scratchlm.run_dir import RunPaths
+    from scratchlm.train.metrics import plot_learning_rate, plot_loss, read_metrics
+
+    paths = RunPaths(args.run_dir)
+    if not read_metrics(paths.metrics):
+        raise ScratchLMError(f"{paths.metrics} is missing or empty; train the run first")
+    name = paths.root.name
+    plot_loss(paths.metrics, paths.loss_plot, title=name)
+    plot_learning_rate(paths.metrics, paths.lr_plot, title=name)
+    print(f"wrote {paths.loss_plot} and {paths.lr_plot}")
 
 
 def _run_or_pretrained(run_dir: Path) -> Path:

@@ -68,6 +68,14 @@ class RunPaths:
         return self.root / "loss.png"
 
     @property
+    def lr_plot(self) -> Path:
+        return self.root / "lr.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
     def samples(self) -> Path:
         return self.root / "samples.txt"
 

@@ -4,15 +4,18 @@
       model.safetensors       weights (the tied head is stored once)
       optimizer.safetensors   AdamW moments and step counts; param groups in its metadata
       state.safetensors       RNG states (torch, data loader) as uint8 tensors
-      meta.json               step, tokens seen, best val loss, sha256 of each file above
+      meta.json               step, tokens seen, best val loss, sha256 of each file above,
+                              and what the run was trained with (model shape, tokenizer, data)
 
 A checkpoint is written into a hidden temporary folder and renamed into place only when every
-file is complete and fsynced, so a crash or Ctrl-C mid-save never leaves a torn checkpoint; the
-checksums catch files damaged later.
+file is complete and fsynced, so a crash, Ctrl-C or a full disk mid-save never leaves a torn
+checkpoint and never harms the previous one; the checksums catch files damaged later. Older
+checkpoints are removed only after the new one is in place.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -41,6 +44,7 @@ class TrainingState:
     step: int = 0  # optimizer steps completed
     tokens_seen: int = 0
     best_val_loss: float | None = None
+    best_step: int | None = None  # the step whose checkpoint has best_val_loss (kept)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,14 +77,20 @@ def save_checkpoint(
     state: TrainingState,
     rng_states: dict[str, torch.Tensor],
     keep: int | None = None,
+    protect: int | None = None,
 ) -> Path:
-    """Write checkpoints/step_NNNNNN atomically; then keep only the newest `keep` checkpoints."""
+    """Write checkpoints/step_NNNNNN atomically; then keep only the newest `keep` checkpoints
+    and the one of step `protect` (the best by validation loss).
+
+    A failed write (a full disk, say) raises ScratchLMError naming the checkpoint that is
+    still intact; nothing older is removed before the new checkpoint is complete.
+    """
     final = checkpoint_dir(run_dir, state.step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         _save_model(model, tmp / "model.safetensors")
         _save_optimizer(optimizer, tmp / "optimizer.safetensors")
         safetensors.torch.save_file(
@@ -95,6 +105,7 @@ def save_checkpoint(
             "step": state.step,
             "tokens_seen": state.tokens_seen,
             "best_val_loss": state.best_val_loss,
+            "best_step": state.best_step,
             "extra": state.extra,
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
@@ -103,12 +114,29 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(final.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = [p for p in list_checkpoints(run_dir) if p != final]
+        kept = (
+            f"the previous checkpoint {previous[-1]} is intact; resume from it with "
+            f"`scratchlm train --resume {run_dir}`"
+            if previous
+            else "no earlier checkpoint exists"
+        )
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ScratchLMError(
+            f"could not write checkpoint {final}"
+            + (" because the disk is full" if full else "")
+            + f" ({e.strerror or e}); {kept}"
+            + (" once there is free space" if full and previous else "")
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if protect is None or old != checkpoint_dir(run_dir, protect):
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -135,6 +163,7 @@ def load_checkpoint(
         step=int(meta["step"]),
         tokens_seen=int(meta["tokens_seen"]),
         best_val_loss=meta.get("best_val_loss"),
+        best_step=meta.get("best_step"),
         extra=meta.get("extra", {}),
     )
     return state, rng_states
@@ -150,6 +179,51 @@ def check_tokenizer_fingerprint(path: Path, state: TrainingState, fingerprint: s
             f"than the run's tokenizer.json ({fingerprint}); put back the tokenizer.json the "
             "run was trained with, or train a new run with this tokenizer"
         )
+
+
+def check_run_matches(path: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint whose model shape or data differ from the run's now.
+
+    `recorded` and `current` map "model" to the ModelConfig as a dict, "data" to
+    data_fingerprint() and "train" to {"optimizer": name}; keys missing on either side (an older checkpoint, a newer config
+    field) are not compared, so only a real difference stops the run.
+    """
+    for section, fix in (
+        ("model", "put back the run's config.toml [model] table, or start a new run"),
+        ("data", "put back the data the run was prepared with, or start a new run"),
+        ("train", "its optimizer state cannot carry over; set it back, or start a new run"),
+    ):
+        old, new = recorded.get(section), current.get(section)
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            continue
+        differences = [
+            f"{section}.{key} was {old[key]!r}, now {new[key]!r}"
+            for key in sorted(old.keys() & new.keys())
+            if old[key] != new[key]
+        ]
+        if differences:
+            raise ScratchLMError(
+                f"cannot resume from {path}: the {section} differs from the one it was "
+                f"trained with ({'; '.join(differences)}); {fix}"
+            )
+
+
+def data_fingerprint(data_dir: Path) -> dict[str, Any]:
+    """What identifies a run's prepared data: the counts of data/meta.json and a sha256 over
+    the size and first 64 KiB of every shard (cheap at any data size, and a re-tokenised or
+    different corpus changes it)."""
+    meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for name in meta.get(f"{split}_shards", []):
+            shard = data_dir / name
+            digest.update(f"{name}:{shard.stat().st_size}:".encode())
+            with open(shard, "rb") as f:
+                digest.update(f.read(1 << 16))
+    counted = ("tokens", "documents", "bytes")
+    found = {f"{s}_{c}": meta[f"{s}_{c}"] for s in ("train", "val") for c in counted
+             if f"{s}_{c}" in meta}  # fmt: skip
+    return {**found, "shards_sha256": digest.hexdigest()[:16]}
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:
@@ -248,8 +322,10 @@ def _sha256(path: Path) -> str:
 
 __all__ = [
     "TrainingState",
+    "check_run_matches",
     "check_tokenizer_fingerprint",
     "checkpoint_dir",
+    "data_fingerprint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

@@ -1,38 +1,51 @@
-"""The pretraining loop: next-token prediction with AdamW, warmup + cosine, clipping, accumulation.
+"""The pretraining loop: next-token prediction, a scheduled optimizer, clipping, accumulation.
 
-One optimizer step = `grad_accum_steps` micro-batches of `batch_size` sequences, so the
-effective batch is batch_size * grad_accum_steps * block_size tokens whatever fits in memory.
+One optimizer step = `grad_accum_steps` micro-batches of `batch_size` sequences (or as many as
+train.batch_tokens asks for), so the effective batch is batch_size * grad_accum_steps *
+block_size tokens whatever fits in memory.
+
+Nothing is lost when things go wrong: checkpoints are atomic (checkpoint.py), SIGINT/SIGTERM
+finish the step and save (interrupt.py), a step whose loss or gradient is not finite is
+skipped (and max_bad_steps of them in a row stop the run with its last good checkpoint), and a
+resume refuses a checkpoint whose model shape, tokenizer, data or optimizer differ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from scratchlm.config import RunConfig
 from scratchlm.data.loader import TokenBatches
-from scratchlm.devices import autocast_context, resolve_device
+from scratchlm.devices import autocast_context, resolve_device, resolve_dtype
+from scratchlm.errors import ScratchLMError
 from scratchlm.eval.perplexity import evaluate_loss, perplexity
 from scratchlm.model import GPT
 from scratchlm.run_dir import RunPaths
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.train.checkpoint import (
     TrainingState,
+    check_run_matches,
     check_tokenizer_fingerprint,
+    data_fingerprint,
     list_checkpoints,
     load_checkpoint,
+    read_checkpoint_meta,
     save_checkpoint,
 )
+from scratchlm.train.flops import flops_per_token, peak_flops
 from scratchlm.train.interrupt import StopRequest
-from scratchlm.train.metrics import MetricsLog, plot_loss
+from scratchlm.train.metrics import MetricsLog, plot_learning_rate, plot_loss
 from scratchlm.train.optimizer import build_optimizer
-from scratchlm.train.schedule import learning_rate_at
+from scratchlm.train.schedule import lr_factor_at
 
 # The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
 # tensor under this prefix.
@@ -53,11 +66,15 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
     """Train the model of a prepared run directory (see run_dir.prepare_run)."""
     paths = RunPaths(config.run_dir)
     tc = config.train
+    accum = tc.accumulation_steps(config.model.block_size)
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
 
     model = GPT(config.model).to(device)
     optimizer = build_optimizer(model, tc)
+    # Each group's peak rate comes from the config, not from a checkpoint's saved groups, so a
+    # changed --train.muon_lr on resume takes effect.
+    base_lrs = [group["base_lr"] for group in optimizer.param_groups]
     train_batches = TokenBatches(
         paths.shards("train"),
         config.model.block_size,
@@ -73,14 +90,21 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         seed=tc.seed + 1,
         device=str(device),
     )
-    metrics = MetricsLog(paths.metrics)
-    tokenizer_fingerprint = BPETokenizer.load(paths.tokenizer).fingerprint()
-    state = TrainingState(extra={"tokenizer": tokenizer_fingerprint})
+    identity: dict[str, Any] = {
+        "tokenizer": BPETokenizer.load(paths.tokenizer).fingerprint(),
+        "model": dataclasses.asdict(config.model),
+        "data": data_fingerprint(paths.data),
+        "train": {"optimizer": tc.optimizer},
+    }
+    state = TrainingState(extra={**identity, "skipped_steps": 0})
     if resume and list_checkpoints(paths.root):
         last = list_checkpoints(paths.root)[-1]
+        recorded = read_checkpoint_meta(last).get("extra", {})
+        # Before loading anything: name what differs rather than fail on a tensor's shape.
+        check_tokenizer_fingerprint(last, TrainingState(extra=recorded), identity["tokenizer"])
+        check_run_matches(last, recorded, identity)
         state, rng = load_checkpoint(last, model, optimizer)
-        check_tokenizer_fingerprint(last, state, tokenizer_fingerprint)
-        state.extra["tokenizer"] = tokenizer_fingerprint
+        state.extra = {**identity, "skipped_steps": int(state.extra.get("skipped_steps", 0))}
         torch.set_rng_state(rng["torch"])
         train_batches.load_state_dict(
             {
@@ -89,7 +113,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
                 if k.startswith(LOADER_PREFIX)
             }
         )
-        metrics.truncate_after(state.step)
+        MetricsLog(paths.metrics).truncate_after(state.step)
         if state.step >= tc.max_steps:
             print(
                 f"{paths.root} is already trained to step {state.step:,} (train.max_steps is "
@@ -98,16 +122,25 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
             return TrainResult(state.step, 0, None, False, last, 0.0)
         print(f"resuming from {last} (step {state.step:,} of {tc.max_steps:,})")
     elif not resume:
-        metrics.path.unlink(missing_ok=True)
+        paths.metrics.unlink(missing_ok=True)
+    metrics = MetricsLog(paths.metrics, paths.tensorboard if tc.tensorboard else None)
 
-    autocast = autocast_context(device, tc.dtype)
-    tokens_per_step = tc.batch_size * tc.grad_accum_steps * config.model.block_size
+    dtype = resolve_dtype(device, tc.dtype, config.model.n_embd)
+    autocast = autocast_context(device, dtype)
+    tokens_per_step = tc.batch_size * accum * config.model.block_size
     n_params = model.num_parameters()
+    step_flops = flops_per_token(config.model, model.num_parameters(exclude_embeddings=True))
+    peak = peak_flops(device, torch.float32 if dtype == "float32" else torch.bfloat16)
     if not quiet:
         print(
-            f"model: {n_params:,} parameters | {tokens_per_step:,} tokens per step | "
-            f"device {device}, {tc.dtype}"
+            f"model: {n_params:,} parameters | {tokens_per_step:,} tokens per step "
+            f"({accum} x {tc.batch_size} x {config.model.block_size}) | device {device}, "
+            f"{dtype}{' (auto)' if tc.dtype == 'auto' else ''} | {tc.optimizer}, "
+            f"{tc.schedule} schedule | measured peak {peak / 1e9:,.1f} GFLOP/s"
         )
+    forward = model
+    if tc.compile:
+        forward = torch.compile(model)  # type: ignore[assignment]
 
     def rng_states() -> dict[str, torch.Tensor]:
         loader = {LOADER_PREFIX + k: v for k, v in train_batches.state_dict().items()}
@@ -115,15 +148,22 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
 
     def checkpoint() -> Path:
         return save_checkpoint(
-            paths.root, model, optimizer, state, rng_states(), keep=tc.keep_checkpoints
+            paths.root,
+            model,
+            optimizer,
+            state,
+            rng_states(),
+            keep=tc.keep_checkpoints,
+            protect=state.best_step if tc.keep_best else None,
         )
 
-    def validate() -> float:
+    def validate() -> tuple[float, bool]:
         loss = evaluate_loss(model, val_batches.eval_batches(tc.eval_batches), autocast)
         metrics.append({"step": state.step, "val_loss": loss, "val_perplexity": perplexity(loss)})
-        if state.best_val_loss is None or loss < state.best_val_loss:
-            state.best_val_loss = loss
-        return loss
+        improved = state.best_val_loss is None or loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step = loss, state.step
+        return loss, improved
 
     model.train()
     start = time.perf_counter()
@@ -131,6 +171,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
     val_loss: float | None = None
     last_checkpoint: Path | None = None
     interrupted = False
+    bad_in_a_row = 0
     window_tokens, window_start = 0, time.perf_counter()
     bar = tqdm(
         total=tc.max_steps,
@@ -142,64 +183,117 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         mininterval=1.0,
         file=sys.stderr,
     )
-    with StopRequest() as stop:
-        while state.step < tc.max_steps:
-            lr = learning_rate_at(state.step, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(tc.grad_accum_steps):
-                x, y = train_batches.next_batch()
-                with autocast:
-                    _, loss = model(x, y)
-                # Each micro-batch contributes its share of the mean over the whole step.
-                (loss / tc.grad_accum_steps).backward()
-                loss_sum += float(loss.detach())
-            if tc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            else:
-                grad_norm = math.nan
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
-            train_loss = loss_sum / tc.grad_accum_steps
-            bar.update(1)
+    try:
+        with StopRequest() as stop:
+            while state.step < tc.max_steps:
+                factor = lr_factor_at(state.step, tc)
+                for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    group["lr"] = base_lr * factor
+                lr = tc.learning_rate * factor
+                step_start = time.perf_counter()
+                loss_sum = 0.0
+                for _ in range(accum):
+                    x, y = train_batches.next_batch()
+                    with autocast:
+                        _, loss = forward(x, y)
+                    # Each micro-batch contributes its share of the mean over the whole step.
+                    (loss / accum).backward()
+                    loss_sum += float(loss.detach())
+                train_loss = loss_sum / accum
+                grad_norm = _grad_norm(model, tc.grad_clip)
+                if tc.compile and state.step == first_step:
+                    compile_s = time.perf_counter() - step_start
+                    metrics.append({"step": state.step, "compile_s": compile_s})
+                    bar.write(f"torch.compile: the first step took {compile_s:.1f}s (compiling)")
+                    window_start = time.perf_counter()  # keep compiling out of tokens/s
 
-            if state.step % tc.log_interval == 0 or state.step == tc.max_steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                metrics.append(
-                    {
-                        "step": state.step,
-                        "train_loss": train_loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tokens_per_s,
-                        "tokens_seen": state.tokens_seen,
-                        "elapsed_s": now - start,
-                    }
-                )
-                bar.set_postfix(
-                    loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.1e}"
-                )
-            if state.step % tc.eval_interval == 0 or state.step == tc.max_steps:
-                val_loss = validate()
-                bar.write(
-                    f"step {state.step:>6,}: train loss {train_loss:.4f} | val loss {val_loss:.4f} "
-                    f"| val perplexity {perplexity(val_loss):.2f}"
-                )
-            if stop.requested:
-                last_checkpoint = checkpoint()
-                interrupted = True
-                break
-            if state.step % tc.checkpoint_interval == 0 or state.step == tc.max_steps:
-                last_checkpoint = checkpoint()
-    bar.close()
+                if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+                    # A bad batch or a spike: drop this step's gradients, keep the weights and
+                    # optimizer state as they were, and go on with the next batch.
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_in_a_row += 1
+                    state.extra["skipped_steps"] += 1
+                    metrics.append(
+                        {
+                            "step": state.step,
+                            "skipped_step": True,
+                            "bad_steps_in_a_row": bad_in_a_row,
+                            "skipped_steps": state.extra["skipped_steps"],
+                        }
+                    )
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        kept = list_checkpoints(paths.root)
+                        raise ScratchLMError(
+                            f"stopped at step {state.step:,}: {bad_in_a_row} steps in a row had "
+                            f"a non-finite loss or gradient (loss {train_loss}, gradient norm "
+                            f"{grad_norm}; train.max_bad_steps is {tc.max_bad_steps}). "
+                            + (
+                                f"The last good checkpoint is {kept[-1]}; lower "
+                                f"train.learning_rate and resume with `scratchlm train --resume "
+                                f"{paths.root} --train.learning_rate ...`"
+                                if kept
+                                else "No checkpoint was written yet; lower train.learning_rate "
+                                "and start again"
+                            )
+                        )
+                    if stop.requested:
+                        last_checkpoint, interrupted = checkpoint(), True
+                        break
+                    continue
+                bad_in_a_row = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                bar.update(1)
+
+                if state.step % tc.log_interval == 0 or state.step == tc.max_steps:
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    flops_per_s = tokens_per_s * step_flops
+                    remaining = (tc.max_steps - state.step) * tokens_per_step
+                    metrics.append(
+                        {
+                            "step": state.step,
+                            "train_loss": train_loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s,
+                            "flops_per_s": flops_per_s,
+                            "mfu": flops_per_s / peak if peak > 0 else math.nan,
+                            "tokens_seen": state.tokens_seen,
+                            "elapsed_s": now - start,
+                            "eta_s": remaining / max(tokens_per_s, 1e-9),
+                            "skipped_steps": state.extra["skipped_steps"],
+                        }
+                    )
+                    bar.set_postfix(
+                        loss=f"{train_loss:.3f}",
+                        tok_s=f"{tokens_per_s:,.0f}",
+                        mfu=f"{flops_per_s / peak:.1%}" if peak > 0 else "?",
+                        lr=f"{lr:.1e}",
+                    )
+                improved = False
+                if state.step % tc.eval_interval == 0 or state.step == tc.max_steps:
+                    val_loss, improved = validate()
+                    bar.write(
+                        f"step {state.step:>6,}: train loss {train_loss:.4f} | val loss "
+                        f"{val_loss:.4f} | val perplexity {perplexity(val_loss):.2f}"
+                    )
+                if stop.requested:
+                    last_checkpoint, interrupted = checkpoint(), True
+                    break
+                due = state.step % tc.checkpoint_interval == 0 or state.step == tc.max_steps
+                if due or (improved and tc.keep_best):  # the best is kept, so it must exist
+                    last_checkpoint = checkpoint()
+    finally:
+        bar.close()
+        metrics.close()
     if paths.metrics.is_file():
         plot_loss(paths.metrics, paths.loss_plot, title=config.name)
+        plot_learning_rate(paths.metrics, paths.lr_plot, title=config.name)
     if interrupted:
         print(
             f"stopped at step {state.step:,}; checkpoint saved to {last_checkpoint}\n"
@@ -213,3 +307,11 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
         checkpoint=last_checkpoint,
         seconds=time.perf_counter() - start,
     )
+
+
+def _grad_norm(model: torch.nn.Module, clip: float) -> float:
+    """The global gradient norm (inf or nan if any gradient is), clipped to `clip` when > 0."""
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
