@@ -828,15 +828,9 @@ def _print_samples(
 def _read_text_file(path: Path) -> str:
     # Bytes, then decode: text mode would turn \r\n into \n, and `encode --file` must see the
     # file exactly as it is.
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ScratchLMError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ScratchLMError(f"{path} is a folder, not a text file") from None
-    except OSError as e:
-        raise ScratchLMError(f"cannot read {path}: {e.strerror}") from None
-    return _decode_utf8(data, str(path))
+    from scratchlm.user_files import read_bytes
+
+    return _decode_utf8(read_bytes(path, "text file"), str(path))
 
 
 def _decode_utf8(data: bytes, where: str) -> str:

@@ -61,6 +61,7 @@ from scratchlm.tokenizer.patterns import (
     GPT4_SPLIT_PATTERN,
     R50K_SPLIT_PATTERN,
 )
+from scratchlm.user_files import read_bytes
 
 GGUF_MAGIC = b"GGUF"
 # Not a llama.cpp key (it ignores keys it does not know): our exact split regex.
@@ -193,15 +194,7 @@ def open_gguf(path: Path) -> Any:
     """A gguf.GGUFReader for `path`, or ScratchLMError if it is missing or not a GGUF file."""
     import gguf
 
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except FileNotFoundError:
-        raise ScratchLMError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ScratchLMError(f"{path} is a folder, not a GGUF file") from None
-    except OSError as e:
-        raise ScratchLMError(f"cannot read {path}: {e.strerror}") from None
+    magic = read_bytes(path, "GGUF file", size=4)
     if magic != GGUF_MAGIC:
         raise ScratchLMError(
             f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})"

@@ -49,6 +49,7 @@ from scratchlm.tokenizer.patterns import (
     compile_pattern,
     resolve_pattern,
 )
+from scratchlm.user_files import read_json
 
 Pair = tuple[int, int]
 
@@ -574,19 +575,7 @@ class BPETokenizer:
     def load(cls, path: str | os.PathLike[str]) -> BPETokenizer:
         """Read a tokenizer written by `save`. Any problem raises ScratchLMError naming the file."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ScratchLMError(f"tokenizer file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ScratchLMError(f"cannot read tokenizer file {path}: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ScratchLMError(
-                f"tokenizer file {path} is not valid JSON ({e.msg} at line {e.lineno}, "
-                f"column {e.colno}); is it truncated or not a tokenizer file?"
-            ) from None
+        data = read_json(path, what="tokenizer file")
         try:
             return cls._from_json(data)
         except ScratchLMError as e:

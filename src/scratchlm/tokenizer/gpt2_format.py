@@ -33,6 +33,7 @@ from scratchlm.atomic_files import atomic_write_text
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer, Pair
 from scratchlm.tokenizer.patterns import GPT2_SPLIT_PATTERN, NAMED_PATTERNS, R50K_SPLIT_PATTERN
+from scratchlm.user_files import read_json, read_text
 
 MERGES_HEADER = "#version: 0.2"
 
@@ -167,7 +168,7 @@ def from_byte_level_bpe(
 def read_gpt2_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
     """Read encoder.json / vocab.json: a JSON object of token string -> id."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path, what=path.name)
     if not isinstance(data, dict):
         raise ScratchLMError(
             f"{path} holds a JSON {type(data).__name__}, not an object of token -> id; "
@@ -208,7 +209,7 @@ def _read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
     """The merges, and the line number of each (for messages)."""
     merges: list[tuple[str, str]] = []
     numbers: list[int] = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(read_text(path, what=path.name).split("\n"), start=1):
         line = line.removesuffix("\r")
         if (number == 1 and line.startswith("#version")) or not line:
             continue
@@ -294,27 +295,3 @@ def save_gpt2_files(
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchLMError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ScratchLMError(f"{path} is a folder, not a file") from None
-    except UnicodeDecodeError as e:
-        raise ScratchLMError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
-    except OSError as e:
-        raise ScratchLMError(f"cannot read {path}: {e.strerror}") from None
-
-
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ScratchLMError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-            "is it truncated?"
-        ) from None

@@ -61,6 +61,7 @@ from scratchlm.tokenizer.gpt2_format import (
 )
 from scratchlm.tokenizer.patterns import NAMED_PATTERNS, R50K_SPLIT_PATTERN
 from scratchlm.tokenizer.regex_dialects import from_oniguruma, to_oniguruma
+from scratchlm.user_files import read_json
 
 # Text that exercises every part of the split patterns in use: contractions in both cases,
 # digit runs, CamelCase, runs of spaces, tabs and newlines, CRLF, punctuation before
@@ -208,23 +209,7 @@ def load_hf_tokenizer(path: str | os.PathLike[str]) -> BPETokenizer:
     the key (see the module docstring for what is supported).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchLMError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ScratchLMError(f"{path} is a folder, not a tokenizer.json file") from None
-    except UnicodeDecodeError as e:
-        raise ScratchLMError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
-    except OSError as e:
-        raise ScratchLMError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ScratchLMError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-            "is it truncated?"
-        ) from None
+    data = read_json(path, what="tokenizer.json")
     try:
         return from_hf_json(data)
     except ScratchLMError as e:

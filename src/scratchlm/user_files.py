@@ -1,0 +1,52 @@
+"""Reading a file the user named: a missing, unreadable or malformed one is one clear line.
+
+`what` names the file's role in the message ("tokenizer file", "vocab.json", ...), so the
+user learns which of their inputs is wrong and why, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import ScratchLMError
+
+
+def read_bytes(path: str | os.PathLike[str], what: str = "file", size: int = -1) -> bytes:
+    """The bytes of `path` (the first `size` of them, if given); ScratchLMError if it is
+    missing, a folder or unreadable."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except FileNotFoundError:
+        raise ScratchLMError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ScratchLMError(f"{what} {path} is a folder, not a file") from None
+    except OSError as e:
+        raise ScratchLMError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """The UTF-8 text of `path`, line ends as they are; read_bytes' errors, and not UTF-8."""
+    data = read_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScratchLMError(
+            f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})"
+        ) from None
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """The parsed JSON of `path`, with read_text's errors, and the line and column of bad JSON."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ScratchLMError(
+            f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+            "is it truncated?"
+        ) from None
