@@ -233,6 +233,21 @@ def test_peak_is_measured_once_and_cached(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert list(cached.values()) == [5e10] and "float32" in next(iter(cached))
 
 
+def test_a_peak_measured_too_low_is_raised_by_what_training_achieves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A peak measured while the cores were busy can be far too low; a step that ran faster
+    # proves the device can do at least that, and later runs read the corrected value.
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(flops, "measure_peak_flops", lambda d, t: 1e9)
+    cpu = torch.device("cpu")
+    assert flops.peak_flops(cpu, torch.float32) == 1e9
+    assert flops.raise_peak(cpu, torch.float32, 3e10) == 3e10
+    assert flops.raise_peak(cpu, torch.float32, 2e10) == 3e10  # never lowered
+    assert flops.peak_flops(cpu, torch.float32) == 3e10
+    assert flops.peak_flops(cpu, torch.bfloat16) == 1e9  # another dtype, its own peak
+
+
 def test_real_peak_measurement_is_quick_and_positive() -> None:
     start = time.perf_counter()
     peak = flops.measure_peak_flops(torch.device("cpu"), torch.float32, budget_s=0.2)

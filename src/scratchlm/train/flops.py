@@ -105,16 +105,39 @@ def _sync(device: torch.device) -> None:
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """The cached measured peak for this device and dtype, measured now if not cached yet."""
-    path = cache_dir() / PEAKS_FILE
+    peaks = _read_peaks()
     key = device_key(device, dtype)
-    peaks: dict[str, float] = {}
-    with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            peaks = {k: float(v) for k, v in loaded.items()}
     if key in peaks and peaks[key] > 0:
         return peaks[key]
     peaks[key] = measure_peak_flops(device, dtype)
-    with contextlib.suppress(OSError):  # a read-only cache only costs a re-measurement
-        atomic_write_text(path, json.dumps(peaks, indent=2) + "\n")
+    _write_peaks(peaks)
     return peaks[key]
+
+
+def raise_peak(device: torch.device, dtype: torch.dtype, achieved: float) -> float:
+    """The peak, raised to `achieved` FLOP/s (and cached) if training just ran faster than it.
+
+    A measurement taken while other processes held the cores can come out far too low (on a
+    busy 2-core machine, 1 GFLOP/s for a chip that does 40), and a cached peak would then make
+    every later MFU nonsense (over 100%). What a training step achieved is a true lower bound
+    of what the device can do, so it corrects the cache for good.
+    """
+    peaks = _read_peaks()
+    key = device_key(device, dtype)
+    if achieved > peaks.get(key, 0.0):
+        peaks[key] = achieved
+        _write_peaks(peaks)
+    return peaks[key]
+
+
+def _read_peaks() -> dict[str, float]:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        loaded = json.loads((cache_dir() / PEAKS_FILE).read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            return {k: float(v) for k, v in loaded.items()}
+    return {}
+
+
+def _write_peaks(peaks: dict[str, float]) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache only costs a re-measurement
+        atomic_write_text(cache_dir() / PEAKS_FILE, json.dumps(peaks, indent=2) + "\n")

@@ -41,7 +41,7 @@ from scratchlm.train.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from scratchlm.train.flops import flops_per_token, peak_flops
+from scratchlm.train.flops import flops_per_token, peak_flops, raise_peak
 from scratchlm.train.interrupt import StopRequest
 from scratchlm.train.metrics import MetricsLog, plot_learning_rate, plot_loss
 from scratchlm.train.optimizer import build_optimizer
@@ -130,7 +130,8 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
     tokens_per_step = tc.batch_size * accum * config.model.block_size
     n_params = model.num_parameters()
     step_flops = flops_per_token(config.model, model.num_parameters(exclude_embeddings=True))
-    peak = peak_flops(device, torch.float32 if dtype == "float32" else torch.bfloat16)
+    peak_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+    peak = peak_flops(device, peak_dtype)
     if not quiet:
         print(
             f"model: {n_params:,} parameters | {tokens_per_step:,} tokens per step "
@@ -253,6 +254,8 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0, now
                     flops_per_s = tokens_per_s * step_flops
+                    if flops_per_s > peak:  # the cached peak was measured too low
+                        peak = raise_peak(device, peak_dtype, flops_per_s)
                     remaining = (tc.max_steps - state.step) * tokens_per_step
                     metrics.append(
                         {
