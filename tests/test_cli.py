@@ -624,6 +624,36 @@ def test_generate_is_deterministic(trained: tuple[Path, Result], cli: Cli) -> No
     assert default != first
 
 
+def test_generate_batches_prompts_and_stops(trained: tuple[Path, Result], cli: Cli) -> None:
+    cwd = trained[0].parents[1]
+    greedy = "generate runs/tiny --temperature 0 --max-new-tokens 12 --dtype float32"
+    alone = [ok(cli(f"{greedy} --prompt", p, cwd=cwd)).stdout for p in ("def ", "x = [1")]
+    both = ok(cli(f"{greedy} --prompt 'def ' --prompt", "x = [1", cwd=cwd)).stdout
+    # Batched, the samples are the ones each prompt gets alone (then numbered 1 and 2).
+    assert both == alone[0] + alone[1].replace("sample 1", "sample 2")
+    completion = alone[0].removeprefix("\n--- sample 1 ---\ndef ").rstrip("\n")
+    stop = completion[3:5]  # two characters in the middle, likely across a token boundary
+    cut = completion[: completion.index(stop)]
+    stopped = ok(cli(f"{greedy} --prompt 'def ' --stop", stop, cwd=cwd)).stdout
+    assert stopped == f"\n--- sample 1 ---\ndef {cut}\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        ("--dtype float16", "unknown dtype 'float16'; use auto, float32 or bfloat16"),
+        ("--repetition-penalty 0", "repetition_penalty must be a number > 0"),
+        ("--stop ''", "stop string is empty"),
+    ],
+)
+def test_bad_generate_options(
+    trained: tuple[Path, Result], cli: Cli, option: str, fragment: str
+) -> None:
+    assert_user_error(
+        cli(f"generate runs/tiny --prompt x {option}", cwd=trained[0].parents[1]), fragment
+    )
+
+
 def test_overlong_prompt_is_cropped(trained: tuple[Path, Result], cli: Cli) -> None:
     command = "generate runs/tiny --max-new-tokens 5 --temperature 0 --prompt"
     result = ok(cli(command, "word " * 100, cwd=trained[0].parents[1]))

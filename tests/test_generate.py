@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.generate import crop_prompt, generate_tokens, sample_next_token
+from scratchlm.generate import crop_prompt, generate_batch, generate_tokens, sample_next_token
 from scratchlm.model import GPT
+from scratchlm.sampling import apply_repetition_penalty
 
 POS_ENCODINGS: list[Literal["learned", "rope"]] = ["learned", "rope"]
 VOCAB = 97
@@ -204,3 +205,148 @@ def test_tiny_block_size_generates() -> None:
     for use_cache in (True, False):
         tokens = list(generate_tokens(model, PROMPT, 5, temperature=0.0, use_cache=use_cache))
         assert len(tokens) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# batched generation, repetition penalty, seeds
+# ---------------------------------------------------------------------------------------------
+
+MIXED_PROMPTS = [PROMPT, [3], [7, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8], [8, 8]]
+
+
+def make_gqa_model(seed: int = 0) -> GPT:
+    """Llama shape: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        vocab_size=VOCAB,
+        block_size=BLOCK,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        pos_encoding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=False,
+    )
+    return sharpen(GPT(config))
+
+
+def sharpen(model: GPT) -> GPT:
+    """Scale the matrices up: a random model then writes varied text instead of repeating one
+    token, so a row that saw another row's tokens or positions would show it."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8)
+    return model
+
+
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batch_greedy_equals_one_by_one(shape: str, use_cache: bool) -> None:
+    model = sharpen(make_model("learned")) if shape == "gpt2" else make_gqa_model()
+    # 19 + 12 tokens: the longest row fills the context but never slides.
+    n = 12
+    batch = generate_batch(model, MIXED_PROMPTS, n, temperature=0.0, use_cache=use_cache)
+    alone = [list(generate_tokens(model, p, n, temperature=0.0)) for p in MIXED_PROMPTS]
+    assert batch == alone
+    assert all(len(row) == n for row in batch)
+    # The rows are not trivially alike (padding that leaked would show as shared tokens).
+    assert len({tuple(row) for row in batch}) == len(MIXED_PROMPTS)
+
+
+def test_batch_logits_equal_one_by_one() -> None:
+    # Tighter than token equality: left padding changes no row's numbers beyond float noise.
+    model = make_gqa_model().eval()
+    prompts = [PROMPT, [3, 4]]
+    cache = model.new_kv_cache(2)
+    cache.set_left_padding([0, len(PROMPT) - 2])
+    idx = torch.tensor([PROMPT, [0] * (len(PROMPT) - 2) + [3, 4]])
+    with torch.no_grad():
+        batched, _ = model(idx, kv_cache=cache)
+        step, _ = model(torch.tensor([[5], [6]]), kv_cache=cache)
+        for b, (prompt, nxt) in enumerate(zip(prompts, [5, 6], strict=True)):
+            solo_cache = model.new_kv_cache(1)
+            solo, _ = model(torch.tensor([prompt]), kv_cache=solo_cache)
+            torch.testing.assert_close(batched[b, -1], solo[0, -1], rtol=1e-5, atol=1e-5)
+            solo_step, _ = model(torch.tensor([[nxt]]), kv_cache=solo_cache)
+            torch.testing.assert_close(step[b, 0], solo_step[0, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_rows_stop_on_their_own() -> None:
+    model = sharpen(make_model())
+    alone = [list(generate_tokens(model, p, 10, temperature=0.0)) for p in MIXED_PROMPTS]
+    stop = alone[0][3]  # row 0 stops before its 4th token; others stop wherever it appears
+    batch = generate_batch(model, MIXED_PROMPTS, [10, 2, 10, 0], temperature=0.0, stop_ids={stop})
+    expected = [row[: row.index(stop)] if stop in row else row for row in alone]
+    assert batch[0] == expected[0] == alone[0][:3]
+    assert batch[1] == expected[1][:2]
+    assert batch[2] == expected[2]
+    assert batch[3] == []
+
+
+def test_batch_sampling_equals_one_by_one_with_seeds() -> None:
+    model = make_gqa_model()
+    kw = dict(temperature=1.0, top_k=30, seed=11)
+    batch = generate_batch(model, MIXED_PROMPTS, 8, **kw)  # type: ignore[arg-type]
+    for b, prompt in enumerate(MIXED_PROMPTS):
+        kw_b = {**kw, "seed": 11 + b}
+        assert batch[b] == list(generate_tokens(model, prompt, 8, **kw_b))  # type: ignore[arg-type]
+
+
+def test_seed_does_not_touch_global_random_state() -> None:
+    model = make_model()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    list(generate_tokens(model, PROMPT, 5, seed=1))
+    list(generate_tokens(model, PROMPT, 5, seed=None))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_repetition_penalty_equals_transformers() -> None:
+    transformers = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, generator=g) * 4
+    input_ids = torch.randint(0, 50, (3, 12), generator=g)  # with repeats
+    seen = torch.zeros(3, 50, dtype=torch.bool)
+    seen.scatter_(1, input_ids, True)
+    for penalty in (0.7, 1.3, 2.0):
+        theirs = transformers.RepetitionPenaltyLogitsProcessor(penalty)(input_ids, logits.clone())
+        ours = apply_repetition_penalty(logits, seen, penalty)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert apply_repetition_penalty(logits, seen, 1.0) is logits
+
+
+def test_repetition_penalty_discourages_repeats() -> None:
+    model = make_model()
+    plain = list(generate_tokens(model, PROMPT, 25, temperature=0.0))
+    penalised = list(generate_tokens(model, PROMPT, 25, temperature=0.0, repetition_penalty=1e6))
+    assert len(set(plain)) < len(plain)  # this model repeats itself greedily
+    assert plain != penalised
+    # A huge penalty forbids every token already seen, prompt included, while others remain.
+    assert len(set(penalised)) == len(penalised)
+    assert not set(penalised) & set(PROMPT)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(repetition_penalty=0.0), "repetition penalty must be a number > 0"),
+        (dict(repetition_penalty=float("nan")), "repetition penalty"),
+        (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(top_p=0.0), "top_p must be in"),
+        (dict(max_new_tokens=[1]), "one per prompt"),
+    ],
+)
+def test_bad_batch_arguments(kwargs: dict[str, object], message: str) -> None:
+    model = make_model()
+    args: dict[str, object] = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(ScratchLMError, match=message):
+        generate_batch(model, [PROMPT, [1]], **args)  # type: ignore[arg-type]
+    with pytest.raises(ScratchLMError, match="no prompts"):
+        generate_batch(model, [], 3)
+    with pytest.raises(ScratchLMError, match="empty"):
+        generate_batch(model, [PROMPT, []], 3)

@@ -234,12 +234,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run directory, or a pretrained model (smollm2-135m-instruct: downloaded and "
         "imported into the cache on first use)",
     )
-    p.add_argument("--prompt", default=None, help="text to continue (default: the run's prompts)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="text to continue (default: the run's prompts); repeat it to continue several "
+        "prompts in one batch",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None, help="0 for greedy decoding")
     p.add_argument("--top-k", type=int, default=None, help="keep the k likeliest tokens (0: off)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1.0: off)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="> 1 makes tokens already seen less likely (CTRL-style; 1.0: off)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="stop a sample as soon as its text contains this string (left out); repeatable",
+    )
+    p.add_argument("--seed", type=int, default=None, help="sample i uses seed + i")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, or auto (bfloat16 on GPUs and on CPUs with native bf16, "
+        "float32 elsewhere)",
+    )
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
     p.add_argument("--no-cache", action="store_true", help="recompute attention every step")
@@ -667,18 +691,21 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
         raise ScratchLMError(f"--num-samples must be at least 1, got {args.num_samples}")
     _print_samples(
         _run_or_pretrained(args.run_dir),
-        prompt=args.prompt,
+        prompts=args.prompt,
         overrides={
             "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature,
             "top_k": args.top_k,
             "top_p": args.top_p,
+            "repetition_penalty": args.repetition_penalty,
             "seed": args.seed,
         },
         num_samples=args.num_samples,
         checkpoint=args.checkpoint,
         use_cache=not args.no_cache,
         device=args.device,
+        stop=args.stop,
+        dtype=args.dtype,
     )
 
 
@@ -788,38 +815,63 @@ def _run_or_pretrained(run_dir: Path) -> Path:
 
 def _print_samples(
     run_dir: Path,
-    prompt: str | None = None,
+    prompts: list[str] | None = None,
     overrides: dict[str, object] | None = None,
     num_samples: int = 1,
     checkpoint: Path | None = None,
     use_cache: bool = True,
     device: str = "cpu",
     out_file: Path | None = None,
+    stop: list[str] | None = None,
+    dtype: str = "auto",
 ) -> None:
     from scratchlm.atomic_files import atomic_write_text
     from scratchlm.devices import resolve_device
+    from scratchlm.inference_dtype import cast_for_inference, resolve_inference_dtype
     from scratchlm.run_dir import load_trained_model
-    from scratchlm.text_generation import sample_text
+    from scratchlm.stop_strings import check_stop_strings
+    from scratchlm.text_generation import generate_texts
 
-    config, tokenizer, model = load_trained_model(run_dir, checkpoint, resolve_device(device))
+    # Check the arguments before loading anything.
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_inference_dtype(dtype, torch_device)
+    stop = check_stop_strings(stop or [])
+    if prompts is not None and "" in prompts:
+        raise ScratchLMError("--prompt is empty; give some text to continue")
+    config, tokenizer, model = load_trained_model(run_dir, checkpoint, torch_device)
+    cast_for_inference(model, torch_dtype)
     sample_config = config.sample
     for key, value in (overrides or {}).items():
         if value is not None:
             setattr(sample_config, key, value)
     sample_config.validate()
-    if prompt is not None and prompt == "":
-        raise ScratchLMError("--prompt is empty; give some text to continue")
-    prompts = [prompt] if prompt is not None else sample_config.prompts
+    texts = (prompts or sample_config.prompts) * num_samples
+    # All samples in one batch; sample i draws with seed + i, as each did when run one by one.
+    # A single sample streams as it is generated; a batch prints each sample when it is done.
+    streaming = len(texts) == 1
+    if streaming:
+        print("\n--- sample 1 ---")
+        sys.stdout.write(texts[0])
+
+    def stream(_: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    completions = generate_texts(
+        model,
+        tokenizer,
+        texts,
+        sample_config,
+        stop=stop,
+        on_text=stream if streaming else None,
+        use_cache=use_cache,
+    )
     written = []
-    base_seed = sample_config.seed
-    for i, text in enumerate(prompts * num_samples):
-        sample_config.seed = base_seed + i  # each sample its own, reproducible, draw
-        print(f"\n--- sample {i + 1} ---")
-        sys.stdout.write(text)
-        completion = sample_text(
-            model, tokenizer, text, sample_config, out=sys.stdout, use_cache=use_cache
-        )
-        print()
+    for i, (text, completion) in enumerate(zip(texts, completions, strict=True)):
+        if streaming:
+            print()
+        else:
+            print(f"\n--- sample {i + 1} ---\n{text}{completion}")
         written.append(f"--- sample {i + 1} ---\n{text}{completion}\n")
     if out_file is not None:
         atomic_write_text(out_file, "\n".join(written))

@@ -552,6 +552,7 @@ class SampleConfig:
     temperature: float = 0.8
     top_k: int = 0  # 0: no top-k filtering
     top_p: float = 1.0  # 1.0: no nucleus filtering
+    repetition_penalty: float = 1.0  # 1.0: off; > 1 makes tokens already seen less likely
     seed: int = 1337
 
     def validate(self) -> None:
@@ -563,6 +564,11 @@ class SampleConfig:
             raise ScratchLMError(f"sample.top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ScratchLMError(f"sample.top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            raise ScratchLMError(
+                f"sample.repetition_penalty must be a number > 0 (1: off), "
+                f"got {self.repetition_penalty}"
+            )
 
 
 @dataclass

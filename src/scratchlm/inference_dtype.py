@@ -1,0 +1,57 @@
+"""Which dtype to decode in: `--dtype float32 | bfloat16 | auto`, and casting a model to it.
+
+Decoding one token reads every weight once, so bf16 weights halve the bytes read per token
+and would be faster where bf16 arithmetic is native: CUDA GPUs, and CPUs with AMX or
+AVX512-BF16. Elsewhere PyTorch emulates bf16 matmuls, which is far slower than float32 (this
+project's 2-core AVX2 machine: about 40x), so "auto" keeps float32 there.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import GPT
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
+
+    PyTorch's CPU capability only says "AVX512" at best, not whether bf16 is in it, so the
+    feature flags are read from /proc/cpuinfo (Linux); without it, assume not.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def resolve_inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for `name`; "auto" picks bfloat16 only where it is native (see above)."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise ScratchLMError(f"unknown dtype {name!r}; use auto, float32 or bfloat16")
+    return DTYPES[name]
+
+
+def cast_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
+    """Cast the weights to `dtype` in place; the position tables stay float32 (bf16 angles
+    would be off by whole degrees at long positions), and new KV caches follow the weights."""
+    if model.lm_head.weight.dtype == dtype:
+        return model
+    model.to(dtype)
+    model.init_buffers(model.lm_head.weight.device)
+    return model
