@@ -30,7 +30,7 @@ import torch
 from scratchlm.batch_generation import BatchGenerator
 from scratchlm.inference_dtype import cast_for_inference, resolve_inference_dtype
 from scratchlm.model import GPT
-from scratchlm.model.gguf_format import pretrained_run
+from scratchlm.model.gguf_runs import pretrained_run
 from scratchlm.model.hf_format import save_hf_model
 from scratchlm.run_dir import load_trained_model
 

@@ -16,19 +16,20 @@ import numpy as np
 import pytest
 import torch
 
+from scratchlm.chat_template import render_chat
 from scratchlm.errors import ScratchLMError
-from scratchlm.model import gguf_format
+from scratchlm.model import gguf_format, gguf_runs
 from scratchlm.model.gguf_format import (
-    SMOLLM_SPLIT_PATTERN,
     GGUFModel,
     dequantize,
-    fetch_smollm2_gguf,
     permute_rope,
     read_gguf,
-    render_chat,
     unpermute_rope,
     write_gguf,
 )
+from scratchlm.model.gguf_runs import fetch_smollm2_gguf
+from scratchlm.tokenizer import gguf_vocab
+from scratchlm.tokenizer.gguf_vocab import SMOLLM_SPLIT_PATTERN
 from tokenizer_fixtures import ADVERSARIAL, PYDOC_TEXT, pydoc_tokenizer, shakespeare_text
 
 gguf = pytest.importorskip("gguf")
@@ -324,7 +325,7 @@ def test_chat_template_bad_messages() -> None:
 def smollm2_run(smollm2_path: Path) -> Path:
     """The imported run in the cache (imported by the first session that asks, then reused)."""
     pytest.importorskip("scratchlm.model.hf_format")
-    return gguf_format.pretrained_run("smollm2-135m-instruct")
+    return gguf_runs.pretrained_run("smollm2-135m-instruct")
 
 
 def test_pretrained_run_answers_paris(smollm2_run: Path) -> None:
@@ -351,7 +352,7 @@ def test_pretrained_run_answers_paris(smollm2_run: Path) -> None:
 
 def test_unknown_pretrained_model() -> None:
     with pytest.raises(ScratchLMError, match="unknown pretrained model 'smollm3'"):
-        gguf_format.pretrained_run("smollm3")
+        gguf_runs.pretrained_run("smollm3")
 
 
 def test_run_export_to_gguf_and_back(tmp_path: Path) -> None:
@@ -365,7 +366,7 @@ def test_run_export_to_gguf_and_back(tmp_path: Path) -> None:
     save_imported_run(run_dir, model, tokenizer, source="test")
     (run_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
     out = tmp_path / "tiny.gguf"
-    gguf_format.export_gguf_run(run_dir, out)
+    gguf_runs.export_gguf_run(run_dir, out)
 
     back = read_gguf(out)
     assert back.chat_template == "{{ messages[0]['content'] }}"
@@ -377,7 +378,7 @@ def test_run_export_to_gguf_and_back(tmp_path: Path) -> None:
 
 def test_run_import_refuses_an_existing_folder(tmp_path: Path) -> None:
     with pytest.raises(ScratchLMError, match="already exists; pass --overwrite"):
-        gguf_format.import_gguf_run(tmp_path / "anything.gguf", tmp_path)
+        gguf_runs.import_gguf_run(tmp_path / "anything.gguf", tmp_path)
 
 
 # --------------------------------------------------------------------------------- export
@@ -567,9 +568,9 @@ def test_unknown_tensor_and_pre_tokenizer() -> None:
     with pytest.raises(ScratchLMError, match=r"blk\.0\.ffn_gate_exps\.weight has no place"):
         gguf_format.hf_tensor_name("blk.0.ffn_gate_exps.weight", 2)
     with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.model is 'llama'"):
-        gguf_format.tokenizer_from_metadata({"tokenizer.ggml.model": "llama"})
+        gguf_vocab.tokenizer_from_metadata({"tokenizer.ggml.model": "llama"})
     with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.pre is 'qwen2'"):
-        gguf_format.tokenizer_from_metadata(
+        gguf_vocab.tokenizer_from_metadata(
             {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2"}
         )
 

@@ -736,7 +736,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before loading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.format == "gguf":
-        from scratchlm.model.gguf_format import export_gguf_run
+        from scratchlm.model.gguf_runs import export_gguf_run
 
         model = export_gguf_run(args.run_dir, args.out, args.checkpoint, args.dtype)
         print(
@@ -764,7 +764,7 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before reading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.format == "gguf":
-        from scratchlm.model.gguf_format import import_gguf_run
+        from scratchlm.model.gguf_runs import import_gguf_run
 
         config = import_gguf_run(args.source, args.out, overwrite=args.overwrite)
         print(
@@ -806,7 +806,7 @@ def cmd_plot(args: argparse.Namespace, extra: list[str]) -> None:
 def _run_or_pretrained(run_dir: Path) -> Path:
     """`run_dir` itself, or for the name of a pretrained model that is not a folder here, its
     run in the cache (downloaded and imported the first time)."""
-    from scratchlm.model.gguf_format import PRETRAINED_RUNS, pretrained_run
+    from scratchlm.model.gguf_runs import PRETRAINED_RUNS, pretrained_run
 
     if not run_dir.exists() and str(run_dir) in PRETRAINED_RUNS:
         return pretrained_run(str(run_dir))
