@@ -1,0 +1,129 @@
+"""Peak memory (RSS) of a training step of GPT-2 124M, with and without activation checkpointing.
+
+    python benchmarks/train_memory.py [--batch 1] [--context 1024] [--threads 2] [--json out.json]
+
+Each configuration runs in a child process of its own (a fresh interpreter, so one run's freed
+memory cannot hide the next one's peak), which builds `model_preset("gpt2-124m")` at the given
+context, our AdamW (`build_optimizer`), and takes one fp32 training step on random tokens:
+forward, cross-entropy, backward, clip to 1.0, optimizer step. It reports the process's peak
+resident set (VmHWM from /proc/self/status) at three points:
+
+- after building the model and optimizer (the weights: 124M x 4 bytes, ~0.5 GB);
+- after the backward pass: the peak of forward + backward (weights, gradients, activations);
+- after the optimizer step: the peak of the whole step (its first step also allocates AdamW's
+  two moment buffers, another 2 x 0.5 GB).
+
+Activation checkpointing (model.activation_checkpointing) keeps only each block's input and
+recomputes the block in the backward pass, so it shrinks the forward + backward peak; the
+optimizer's first step can then be the larger peak. The step's time is printed too (not a
+benchmark of speed: recomputation costs about one more forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+GIB = 1024**3
+
+
+def vm_hwm() -> int:
+    """The peak resident set size of this process so far, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def child(batch: int, context: int, checkpointing: bool, threads: int) -> dict[str, Any]:
+    import torch
+
+    from scratchlm.config import TrainConfig, model_preset
+    from scratchlm.model import GPT
+    from scratchlm.train.optimizer import build_optimizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = model_preset("gpt2-124m", block_size=context, activation_checkpointing=checkpointing)
+    model = GPT(config).train()
+    optimizer = build_optimizer(model, TrainConfig())
+    tokens = torch.randint(0, config.vocab_size, (batch, context + 1))
+    built = vm_hwm()
+    start = time.perf_counter()
+    _, loss = model(tokens[:, :-1], tokens[:, 1:])
+    assert loss is not None
+    loss.backward()
+    backward = vm_hwm()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "checkpointing": checkpointing,
+        "built_bytes": built,
+        "forward_backward_peak_bytes": backward,
+        "step_peak_bytes": vm_hwm(),
+        "step_s": time.perf_counter() - start,
+        "loss": float(loss.detach()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = child(args.batch, args.context, args.child == "on", args.threads)
+        print(json.dumps(result))
+        return
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; gpt2-124m, "
+        f"batch {args.batch}, context {args.context}, fp32; load average {load}",
+        flush=True,
+    )
+    results = {}
+    for flag in ("off", "on"):
+        command = [sys.executable, __file__, "--child", flag]
+        command += ["--batch", str(args.batch), "--context", str(args.context)]
+        command += ["--threads", str(args.threads)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[flag] = json.loads(out.strip().splitlines()[-1])
+        r = results[flag]
+        print(f"  checkpointing {flag}: step {r['step_s']:.1f}s, loss {r['loss']:.4f}", flush=True)
+
+    off, on = results["off"], results["on"]
+    print(f"\n{'peak RSS (GiB)':<34} {'without':>8} {'with':>8} {'with / without':>15}")
+    for key, label in (
+        ("built_bytes", "model + optimizer built"),
+        ("forward_backward_peak_bytes", "forward + backward"),
+        ("step_peak_bytes", "whole step (incl. AdamW's state)"),
+    ):
+        print(
+            f"{label:<34} {off[key] / GIB:>8.2f} {on[key] / GIB:>8.2f} {on[key] / off[key]:>14.2f}x"
+        )
+    activations_off = off["forward_backward_peak_bytes"] - off["built_bytes"]
+    activations_on = on["forward_backward_peak_bytes"] - on["built_bytes"]
+    print(
+        f"{'forward + backward above the model':<34} {activations_off / GIB:>8.2f} "
+        f"{activations_on / GIB:>8.2f} {activations_on / activations_off:>14.2f}x"
+    )
+    print(f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
