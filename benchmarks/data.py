@@ -26,7 +26,6 @@ import gc
 import json
 import os
 import platform
-import random
 import shutil
 import sys
 import tempfile
@@ -35,29 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.documents import read_documents
+from corpus_sample import sample_documents
+
 from scratchlm.data.prepare import TextEncoder, available_cores, prepare_shards
 from scratchlm.tokenizer.bpe import EOT_TOKEN
 from scratchlm.tokenizer.patterns import R50K_SPLIT_PATTERN
 from scratchlm.tokenizer.pretrained import fetch_rank_file, load_pretrained
 
-CORPORA = ("shakespeare", "kjv", "chitchat")
 SEED = 1337
 VAL_FRACTION = 0.05
 GPT2_EOT_ID = 50256
-
-
-def load_documents(max_mb: float) -> list[str]:
-    """The corpora shuffled by document (so a small --mb still mixes them), cut at max_mb MB."""
-    documents = read_documents(list(CORPORA))  # fetches each corpus on first use
-    random.Random(SEED).shuffle(documents)
-    chosen, total = [], 0
-    for doc in documents:
-        if total >= max_mb * 1e6:
-            break
-        chosen.append(doc)
-        total += len(doc.encode("utf-8"))
-    return chosen
 
 
 class TiktokenEncoder:
@@ -109,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = args.threads or available_cores()
 
-    documents = load_documents(args.mb)
+    documents = sample_documents(args.mb)
     text_mb = sum(len(doc.encode("utf-8")) for doc in documents) / 1e6
     ours = load_pretrained("gpt2")
     ours.tiktoken_encoding()  # the fast path must be available: fail here, not in the timing

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 import traceback
@@ -34,12 +33,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.documents import read_documents
+from corpus_sample import CORPORA, sample_documents
+
 from scratchlm.data.prepare import split_documents
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer
 
-CORPORA = ("shakespeare", "kjv", "chitchat")
 EOT = "<|endoftext|>"
 SEED = 1337
 HELDOUT_FRACTION = 0.1
@@ -51,15 +50,7 @@ PATTERN = GPT4_SPLIT_PATTERN  # every contender splits text with the same regex
 
 def load_text(max_mb: float) -> tuple[list[str], list[str]]:
     """(train, held-out) documents: the corpora shuffled by document, capped at max_mb MB."""
-    documents = read_documents(list(CORPORA))  # fetches each corpus on first use
-    # Shuffled before the cap so a small --mb still mixes all three kinds of text.
-    random.Random(SEED).shuffle(documents)
-    chosen, total = [], 0
-    for doc in documents:
-        if total >= max_mb * 1e6:
-            break
-        chosen.append(doc)
-        total += len(doc.encode("utf-8"))
+    chosen = sample_documents(max_mb, SEED)
     train, heldout, _ = split_documents(chosen, HELDOUT_FRACTION, SEED)
     return train, heldout
 
