@@ -644,3 +644,28 @@ def test_cli_generate_with_the_pretrained_name(
     argv = ["generate", "smollm2-135m-instruct", "--prompt", prompt, "--temperature", "0"]
     assert main([*argv, "--max-new-tokens", "3"]) == 0
     assert f"{prompt} Paris" in capsys.readouterr().out
+
+
+def test_cli_generate_quantised_answers_paris(
+    smollm2_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchlm.cli import main
+
+    prompt = "The capital of France is"
+    argv = ["generate", "smollm2-135m-instruct", "--prompt", prompt, "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "3", "--quantize", "int4"]) == 0
+    assert f"{prompt} Paris" in capsys.readouterr().out
+
+
+def test_int4_codes_recover_the_q4_1_blocks(smollm2_run: Path) -> None:
+    """The imported run holds Q4_1 weights dequantised to float32; int4 quantisation finds
+    their 4-bit grid again, so it loses nothing (up to the bf16 kernel scales)."""
+    from scratchlm.model.quantize import INT4_GROUP, int4_codes
+    from scratchlm.run_dir import load_trained_model
+
+    _, _, model = load_trained_model(smollm2_run)
+    for w in (model.blocks[0].mlp.c_fc.weight, model.blocks[29].attn.c_attn.weight):
+        q, scale, low = int4_codes(w)
+        N, K = w.shape
+        blocks = q.view(N, K // INT4_GROUP, INT4_GROUP).float() * scale[..., None]
+        assert torch.equal((blocks + low[..., None]).view(N, K), w.detach())

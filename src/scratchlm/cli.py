@@ -261,8 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="auto",
-        help="float32, bfloat16, or auto (bfloat16 on GPUs and on CPUs with native bf16, "
-        "float32 elsewhere)",
+        help="float32, bfloat16, or auto (bfloat16 on GPUs, on CPUs with native bf16 and "
+        "with --quantize; float32 elsewhere)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        default=None,
+        help="CPU: keep the blocks' weights in int8 (per channel) or int4 (groups of 32, "
+        "as GGUF Q4_1): fewer bytes read per token, faster decoding, slightly different text",
     )
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
@@ -706,6 +713,7 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
         device=args.device,
         stop=args.stop,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
 
 
@@ -824,6 +832,7 @@ def _print_samples(
     out_file: Path | None = None,
     stop: list[str] | None = None,
     dtype: str = "auto",
+    quantize: str | None = None,
 ) -> None:
     from scratchlm.atomic_files import atomic_write_text
     from scratchlm.devices import resolve_device
@@ -834,12 +843,16 @@ def _print_samples(
 
     # Check the arguments before loading anything.
     torch_device = resolve_device(device)
-    torch_dtype = resolve_inference_dtype(dtype, torch_device)
+    torch_dtype = resolve_inference_dtype(dtype, torch_device, quantize)
     stop = check_stop_strings(stop or [])
     if prompts is not None and "" in prompts:
         raise ScratchLMError("--prompt is empty; give some text to continue")
     config, tokenizer, model = load_trained_model(run_dir, checkpoint, torch_device)
     cast_for_inference(model, torch_dtype)
+    if quantize is not None:
+        from scratchlm.model.quantize import quantize_model
+
+        quantize_model(model, quantize, torch_dtype)
     sample_config = config.sample
     for key, value in (overrides or {}).items():
         if value is not None:

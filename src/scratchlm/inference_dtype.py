@@ -3,7 +3,9 @@
 Decoding one token reads every weight once, so bf16 weights halve the bytes read per token
 and would be faster where bf16 arithmetic is native: CUDA GPUs, and CPUs with AMX or
 AVX512-BF16. Elsewhere PyTorch emulates bf16 matmuls, which is far slower than float32 (this
-project's 2-core AVX2 machine: about 40x), so "auto" keeps float32 there.
+project's 2-core AVX2 machine: about 40x), so "auto" keeps float32 there. With --quantize
+(model/quantize.py) "auto" is bfloat16 everywhere: the int8/int4 kernels are fast only with
+bfloat16 activations.
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
-def resolve_inference_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The torch dtype for `name`; "auto" picks bfloat16 only where it is native (see above)."""
+def resolve_inference_dtype(
+    name: str, device: torch.device, quantize: str | None = None
+) -> torch.dtype:
+    """The torch dtype for `name`; "auto" picks bfloat16 only where it is native or the
+    weights are quantised (see above)."""
     if name == "auto":
+        if quantize is not None:
+            return torch.bfloat16
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         if device.type == "cpu" and cpu_has_native_bf16():

@@ -183,15 +183,15 @@ class CausalSelfAttention(nn.Module):
         for plain causal attention."""
         B, T, C = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([C, K * D, K * D], dim=2)  # (B, T, C), (B, T, K·D) x2
-        # Split channels into heads and move heads next to batch: (B, H or K, T, D).
-        q = q.view(B, T, H, D).transpose(1, 2)
-        k = k.view(B, T, K, D).transpose(1, 2)
-        v = v.view(B, T, K, D).transpose(1, 2)
+        # Split channels into H query, K key and K value heads, heads next to batch.
+        qkv = self.c_attn(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D)
+        qk, v = qkv.split([H + K, K], dim=1)  # queries and keys get the same treatment
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = qk.split([H, K], dim=1)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
         if cos is not None and sin is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = apply_rope(qk, cos, sin)  # one call rotates all H + K heads
+        q, k = qk.split([H, K], dim=1)  # (B, H, T, D), (B, K, T, D)
 
         if cache is not None:
             cache_k, cache_v = cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.config import ModelConfig
@@ -22,8 +23,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in float32 (a bfloat16 mean of squares loses digits), as Llama does, then
         # cast back before the gain so the multiply happens in the activations' dtype.
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        # F.rms_norm without a weight is x32 · rsqrt(mean(x32²) + eps) in one call.
+        normed = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)
         return self.weight * normed.type_as(x)
 
 

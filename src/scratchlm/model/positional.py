@@ -108,7 +108,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     Hugging Face's Llama checkpoints, so their q and k weights load unchanged.
     """
     half = x.size(-1) // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()  # (B, H, T, D/2) each
     # Rotate in float32 and cast back, so that bfloat16 activations keep accurate angles.
+    x32 = x.float()
+    x1, x2 = x32[..., :half], x32[..., half:]  # (B, H, T, D/2) each
     rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.type_as(x)
