@@ -488,6 +488,32 @@ def test_smollm2_tokenizer_round_trips_through_export(tmp_path: Path, smollm2: G
         write_gguf(tmp_path / "t.gguf", config, state, smollm2.tokenizer)
 
 
+def test_bos_and_eos_survive_import_and_export(tmp_path: Path, smollm2: GGUFModel) -> None:
+    """An imported chat model keeps its own end-of-reply token through a run: exporting it
+    again names <|im_end|>, not scratchlm's default <|endoftext|>."""
+    import json
+
+    from scratchlm.cli import main
+
+    config, state = _tiny_llama(True, vocab_size=49152)
+    config |= {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    write_gguf(tmp_path / "s.gguf", config, state, smollm2.tokenizer, smollm2.chat_template)
+    run = tmp_path / "run"
+    gguf_runs.import_gguf_run(tmp_path / "s.gguf", run)
+    roles = json.loads((run / "token_roles.json").read_text())
+    assert roles == {"bos": "<|im_start|>", "eos": "<|im_end|>", "pad": "<|im_end|>"}
+
+    gguf_runs.export_gguf_run(run, tmp_path / "back.gguf")
+    back = read_gguf(tmp_path / "back.gguf")
+    assert (back.config["bos_token_id"], back.config["eos_token_id"]) == (1, 2)
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (1, 2)
+    # ... and an import of that folder keeps them again.
+    assert main(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run2")]) == 0
+    assert json.loads((tmp_path / "run2" / "token_roles.json").read_text()) == roles
+
+
 def test_export_refuses_a_pattern_llama_cpp_cannot_name(tmp_path: Path) -> None:
     from scratchlm.tokenizer import BPETokenizer
 

@@ -753,7 +753,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
         )
         return
     from scratchlm.model.hf_format import save_hf_model
-    from scratchlm.run_dir import load_trained_model
+    from scratchlm.run_dir import load_trained_model, token_role_ids
     from scratchlm.tokenizer.hf_format import hf_tokenizer_text
 
     _, tokenizer, model = load_trained_model(args.run_dir, args.checkpoint)
@@ -761,7 +761,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
         model,
         args.out,
         tokenizer_json=hf_tokenizer_text(tokenizer),
-        eos_token_id=tokenizer.special_tokens.get("<|endoftext|>"),
+        token_ids=token_role_ids(args.run_dir, tokenizer),
         overwrite=args.overwrite,
     )
     kind = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[arch]
@@ -780,7 +780,12 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
             f"into the run {args.out}; try `scratchlm generate {args.out} --prompt ...`"
         )
         return
-    from scratchlm.model.hf_format import TOKENIZER_FILE, load_hf_model, read_hf_config
+    from scratchlm.model.hf_format import (
+        TOKENIZER_FILE,
+        hf_token_roles,
+        load_hf_model,
+        read_hf_config,
+    )
     from scratchlm.run_dir import save_imported_run
     from scratchlm.tokenizer.hf_format import load_hf_tokenizer
 
@@ -791,7 +796,14 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
         )
     tokenizer = load_hf_tokenizer(args.source / TOKENIZER_FILE)
     model = load_hf_model(args.source)
-    save_imported_run(args.out, model, tokenizer, source=str(args.source), overwrite=args.overwrite)
+    save_imported_run(
+        args.out,
+        model,
+        tokenizer,
+        source=str(args.source),
+        overwrite=args.overwrite,
+        token_roles=hf_token_roles(read_hf_config(args.source)),
+    )
     print(
         f"imported {args.source} ({model.num_parameters():,} parameters) into the run {args.out}; "
         f"try `scratchlm generate {args.out} --prompt ...`"

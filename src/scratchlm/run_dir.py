@@ -3,6 +3,7 @@
     runs/<name>/
       config.toml          the full resolved config (model.vocab_size set from the tokenizer)
       tokenizer.json       the tokenizer the run trained, and tokenizer.vocab to read it
+      token_roles.json     imported runs: which special tokens are bos, eos and pad
       data/                token shards train_000000.bin, ..., val_000000.bin, ... and meta.json,
                            the data report (report.json, report.txt, lengths.png)
       checkpoints/step_NNNNNN/
@@ -34,6 +35,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 from scratchlm.tokenizer import BPETokenizer, resolve_pattern
+from scratchlm.tokenizer.char import train_char_tokenizer
 from scratchlm.train.checkpoint import (
     TrainingState,
     check_tokenizer_fingerprint,
@@ -122,13 +124,18 @@ def prepare_run(config: RunConfig, overwrite: bool = False) -> BPETokenizer:
              if side == "train"),
             config.tokenizer.max_train_chars,
         )  # fmt: skip
-        tokenizer = BPETokenizer.train(
-            training_text,
-            vocab_size=config.tokenizer.vocab_size,
-            pattern=pattern,
-            special_tokens=config.tokenizer.special_tokens,
-            progress=True,
-        )
+        if config.tokenizer.kind == "char":
+            tokenizer = train_char_tokenizer(
+                training_text, config.tokenizer.special_tokens, progress=True
+            )
+        else:
+            tokenizer = BPETokenizer.train(
+                training_text,
+                vocab_size=config.tokenizer.vocab_size,
+                pattern=pattern,
+                special_tokens=config.tokenizer.special_tokens,
+                progress=True,
+            )
         print(
             f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s"
         )
@@ -223,15 +230,40 @@ def _check_sha256(path: Path, digest: str | None) -> None:
         )
 
 
+TOKEN_ROLES_FILE = "token_roles.json"
+TOKEN_ROLES = ("bos", "eos", "pad")
+
+
+def token_role_ids(run_dir: Path, tokenizer: BPETokenizer) -> dict[str, int]:
+    """The ids of the run's bos, eos and pad tokens, for exports: what an imported model named
+    (token_roles.json; SmolLM2-Instruct ends a reply with <|im_end|>), and otherwise
+    <|endoftext|> for each role, the one special token scratchlm's tokenizers train with."""
+    import json
+
+    roles: dict[str, str] = {}
+    path = Path(run_dir) / TOKEN_ROLES_FILE
+    if path.is_file():
+        roles = json.loads(path.read_text(encoding="utf-8"))
+    ids = {}
+    for role in TOKEN_ROLES:
+        token = roles.get(role, "<|endoftext|>")
+        if token in tokenizer.special_tokens:
+            ids[role] = tokenizer.special_tokens[token]
+    return ids
+
+
 def save_imported_run(
     run_dir: Path,
     model: GPT,
     tokenizer: BPETokenizer,
     source: str,
     overwrite: bool = False,
+    token_roles: dict[str, int] | None = None,
 ) -> RunConfig:
     """Make `run_dir` a run of an imported model: config.toml, tokenizer.json and one
     checkpoint (step 0, weights only), so generate, eval and export treat it like a trained run.
+    token_roles maps bos / eos / pad to the ids the source named; special tokens among them are
+    kept (token_roles.json) for exports.
 
     Built in a staging folder beside it and renamed into place when complete; an existing
     folder is replaced only with overwrite=True.
@@ -256,6 +288,14 @@ def save_imported_run(
     with staging_folder(run_dir) as stage:
         tokenizer.save(stage / "tokenizer.json")
         atomic_write_text(stage / "config.toml", config.to_toml())
+        names = {i: token for token, i in tokenizer.special_tokens.items()}
+        roles = {
+            role: names[i]
+            for role, i in (token_roles or {}).items()
+            if role in TOKEN_ROLES and i in names
+        }
+        if roles:
+            atomic_write_text(stage / TOKEN_ROLES_FILE, json.dumps(roles, indent=2) + "\n")
         weights = checkpoint_dir(stage, 0)
         weights.mkdir(parents=True)
         safetensors.torch.save_model(model, str(weights / "model.safetensors"))

@@ -75,7 +75,14 @@ def import_gguf_run(
     model = read_gguf(path)
     config, state = _padded_to_tokenizer(model)
     gpt = gpt_from_hf_state_dict(config, state, where=str(path))
-    run = save_imported_run(run_dir, gpt, model.tokenizer, source=str(path), overwrite=overwrite)
+    roles = {
+        role: int(config[f"{role}_token_id"])
+        for role in ("bos", "eos", "pad")
+        if config.get(f"{role}_token_id") is not None
+    }
+    run = save_imported_run(
+        run_dir, gpt, model.tokenizer, source=str(path), overwrite=overwrite, token_roles=roles
+    )
     if model.chat_template:
         # How the model's authors format a conversation, for chat front ends (render_chat).
         atomic_write_text(run_dir / CHAT_TEMPLATE_FILE, model.chat_template)
@@ -95,7 +102,7 @@ def export_gguf_run(
         llama_state_dict_from_gpt,
         model_config_to_llama_config,
     )
-    from scratchlm.run_dir import load_trained_model
+    from scratchlm.run_dir import load_trained_model, token_role_ids
 
     _, tokenizer, model = load_trained_model(
         Path(run_dir), Path(checkpoint) if checkpoint else None
@@ -109,7 +116,13 @@ def export_gguf_run(
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     write_gguf(
         out,
-        model_config_to_llama_config(model.config),
+        {
+            **model_config_to_llama_config(model.config),
+            **{
+                f"{role}_token_id": i
+                for role, i in token_role_ids(Path(run_dir), tokenizer).items()
+            },
+        },
         llama_state_dict_from_gpt(model),
         tokenizer,
         chat_template=template,
@@ -126,10 +139,11 @@ def pretrained_run(name: str) -> Path:
         raise ScratchLMError(
             f"unknown pretrained model {name!r}; choose one of {', '.join(PRETRAINED_RUNS)}"
         )
-    from scratchlm.run_dir import load_run_config
+    from scratchlm.run_dir import TOKEN_ROLES_FILE, load_run_config
 
     run_dir = cache_dir() / "runs" / name
-    if (run_dir / "config.toml").is_file():
+    # A run imported before token roles were kept lacks token_roles.json: import it again.
+    if (run_dir / "config.toml").is_file() and (run_dir / TOKEN_ROLES_FILE).is_file():
         try:
             load_run_config(run_dir)
             return run_dir

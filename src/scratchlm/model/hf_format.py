@@ -363,12 +363,13 @@ def save_hf_model(
     model: GPT,
     folder: Path | str,
     tokenizer_json: str | None = None,
-    eos_token_id: int | None = None,
+    token_ids: Mapping[str, int] | None = None,
     overwrite: bool = False,
 ) -> Architecture:
     """Write `folder` with config.json, model.safetensors (and tokenizer.json when given) that
     transformers' GPT2LMHeadModel or LlamaForCausalLM loads. Returns which one it is.
-    eos_token_id (e.g. of <|endoftext|>) is where transformers' generate() stops.
+    token_ids names the bos, eos and pad ids (run_dir.token_role_ids); the eos id is where
+    transformers' generate() stops.
 
     The folder is built beside the destination and renamed into place when complete; an
     existing folder is replaced only with overwrite=True.
@@ -388,7 +389,8 @@ def save_hf_model(
             llama_state_dict_from_gpt(model),
         )
     # Both classes default to ids of their original vocabularies, which ours need not have.
-    hf_config["bos_token_id"] = hf_config["eos_token_id"] = eos_token_id
+    for role in ("bos", "eos", "pad"):
+        hf_config[f"{role}_token_id"] = (token_ids or {}).get(role)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -409,6 +411,18 @@ def save_hf_model(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return arch
+
+
+def hf_token_roles(hf: Mapping[str, Any]) -> dict[str, int]:
+    """bos / eos / pad ids of a config.json (an eos list, as Llama 3 has, gives its first)."""
+    roles = {}
+    for role in ("bos", "eos", "pad"):
+        value = hf.get(f"{role}_token_id")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            roles[role] = value
+    return roles
 
 
 def read_hf_config(folder: Path | str) -> dict[str, Any]:
