@@ -266,6 +266,28 @@ def test_preset_in_a_recipe_and_on_the_command_line(tmp_path: Path) -> None:
         load_config(None, ["--model.preset", "llama-huge"])
 
 
+def test_depth_preset_sets_the_learning_rate_unless_given(tmp_path: Path) -> None:
+    config = load_config(None, ["--model.preset", "depth-8"])
+    lr = depth_shape(8).learning_rate
+    assert config.train.learning_rate == pytest.approx(lr)
+    assert config.train.min_lr == pytest.approx(lr / 10)
+    config = load_config(None, ["--model.preset", "depth-8", "--train.learning_rate", "3e-3"])
+    assert (config.train.learning_rate, config.train.min_lr) == (3e-3, 1e-4)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\npreset = "depth-8"\n[train]\nlearning_rate = 5e-4\n')
+    assert load_config(recipe).train.learning_rate == 5e-4
+    recipe.write_text('[model]\npreset = "depth-8"\n[train]\nmin_lr = 1e-5\n')
+    config = load_config(recipe)
+    assert (config.train.learning_rate, config.train.min_lr) == (pytest.approx(lr), 1e-5)
+    # A saved run config names its rate: loading it back changes nothing.
+    saved = tmp_path / "saved.toml"
+    config.train.learning_rate = 7e-4
+    saved.write_text(config.to_toml())
+    assert load_config(saved).train.learning_rate == 7e-4
+    # Other presets keep the default.
+    assert load_config(None, ["--model.preset", "llama-tiny"]).train.learning_rate == 1e-3
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -622,6 +622,7 @@ SECTIONS = ("model", "data", "clean", "dedup", "tokenizer", "train", "sample")
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML recipe (or start from defaults), apply `--section.key value` overrides, check."""
     config = RunConfig()
+    raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -635,8 +636,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = config_from_dict(raw, where=str(path))
     if overrides:
         apply_overrides(config, overrides)
+    _apply_depth_learning_rate(config, given=_train_keys_given(raw, overrides or []))
     config.validate()
     return config
+
+
+def _train_keys_given(raw: dict[str, Any], overrides: list[str]) -> set[str]:
+    """The [train] keys a recipe file or a --train.KEY override sets."""
+    given = set(raw.get("train", {})) if isinstance(raw.get("train"), dict) else set()
+    for arg in overrides:
+        if arg.startswith("--train."):
+            given.add(arg[len("--train.") :].partition("=")[0])
+    return given
+
+
+def _apply_depth_learning_rate(config: RunConfig, given: set[str]) -> None:
+    """A depth-N model trains at the learning rate depth_shape derives for it, unless the
+    recipe or the command line names one (min_lr follows at a tenth, as the defaults)."""
+    preset = config.model.preset
+    depth = preset[len("depth-") :]
+    if not (preset.startswith("depth-") and depth.isdigit()) or "learning_rate" in given:
+        return
+    config.train.learning_rate = depth_shape(int(depth)).learning_rate
+    if "min_lr" not in given:
+        config.train.min_lr = config.train.learning_rate / 10
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
