@@ -72,62 +72,66 @@ def int4_codes(weight: Tensor, group: int = INT4_GROUP) -> tuple[Tensor, Tensor,
     return q.view(N, K), scale, low
 
 
-class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights, one float scale per output channel."""
+class QuantizedLinear(nn.Module):
+    """What the int8 and int4 layers share: shape, bias and dtype handling around a kernel that
+    multiplies (rows, K) activations by the packed weights into (rows, N)."""
 
-    q: Tensor  # (N, K) int8
-    scale: Tensor  # (N,)
     bias: Tensor | None
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
-        q, scale = int8_codes(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("q", q)  # (N, K) int8
-        self.register_buffer("scale", scale.to(dtype))  # (N,)
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self.dtype = dtype
 
+    def matmul(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.dtype)  # (rows, K)
-        y = torch._weight_int8pack_mm(x2, self.q, self.scale)  # (rows, N)
+        y = self.matmul(x.reshape(-1, shape[-1]).to(self.dtype))  # (rows, N)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
 
-class Int4Linear(nn.Module):
+class Int8Linear(QuantizedLinear):
+    """A Linear layer with int8 weights, one float scale per output channel."""
+
+    q: Tensor  # (N, K) int8
+    scale: Tensor  # (N,)
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        super().__init__(linear, dtype)
+        q, scale = int8_codes(linear.weight)
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale.to(dtype))
+
+    def matmul(self, x: Tensor) -> Tensor:
+        return torch._weight_int8pack_mm(x, self.q, self.scale)
+
+
+class Int4Linear(QuantizedLinear):
     """A Linear layer with 4-bit weights in groups of INT4_GROUP inputs, packed two per byte
     in the tiled layout of PyTorch's CPU int4 kernel."""
 
     packed: Tensor  # (N, K/2) uint8
     scales_and_zeros: Tensor  # (K/group, N, 2)
-    bias: Tensor | None
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
-        super().__init__()
+        super().__init__(linear, dtype)
         q, scale, low = int4_codes(linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
-        self.register_buffer("packed", packed)  # (N, K/2) uint8
-        # The kernel computes (q - 8) · scale + zero, so zero = low + 8 · scale; (G, N, 2).
+        self.register_buffer("packed", packed)
+        # The kernel computes (q - 8) · scale + zero, so zero = low + 8 · scale.
         scales_and_zeros = torch.stack((scale.t(), (low + 8 * scale).t()), dim=-1)
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype).contiguous())
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
-        self.dtype = dtype
 
-    def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.dtype)  # (rows, K)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x2, self.packed, INT4_GROUP, self.scales_and_zeros
-        )  # (rows, N)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+    def matmul(self, x: Tensor) -> Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self.packed, INT4_GROUP, self.scales_and_zeros
+        )
 
 
 def quantize_model(model: GPT, mode: str, dtype: torch.dtype) -> GPT:
