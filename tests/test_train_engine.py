@@ -319,7 +319,8 @@ def test_best_checkpoint_is_kept_beside_the_last_ones(
 
 
 class _Poisoned(GPT):
-    """A GPT whose forward poisons the loss (or only the gradient) on chosen calls."""
+    """A GPT whose training loss (forward's or the fused one) is poisoned, or only its
+    gradient, on chosen calls."""
 
     bad_calls: ClassVar[set[int]] = set()
     grad_only: ClassVar[bool] = False
@@ -328,13 +329,19 @@ class _Poisoned(GPT):
     def forward(self, idx: Any, targets: Any = None, kv_cache: Any = None) -> Any:
         logits, loss = super().forward(idx, targets, kv_cache)
         if targets is not None and self.training:
-            type(self).calls += 1
-            if type(self).calls in self.bad_calls:
-                if self.grad_only:  # finite loss, but d sqrt(x)/dx at 0 is infinite
-                    loss = loss + torch.sqrt(self.lm_head.weight.sum() * 0.0)
-                else:
-                    loss = loss * float("nan")
+            loss = self._poison(loss)
         return logits, loss
+
+    def training_loss(self, idx: Any, targets: Any) -> Any:
+        return self._poison(super().training_loss(idx, targets))
+
+    def _poison(self, loss: Any) -> Any:
+        type(self).calls += 1
+        if type(self).calls in self.bad_calls:
+            if self.grad_only:  # finite loss, but d sqrt(x)/dx at 0 is infinite
+                return loss + torch.sqrt(self.lm_head.weight.sum() * 0.0)
+            return loss * float("nan")
+        return loss
 
 
 @pytest.mark.parametrize("grad_only", [False, True])

@@ -486,7 +486,11 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     # Autocast precision for matmuls; "auto" picks by device and model width (devices.py).
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
-    compile: bool = False  # torch.compile the model (compile time is logged separately)
+    compile: bool = False  # torch.compile the training step's model (compile time logged apart)
+    # The LM head and cross-entropy fused and taken a chunk of positions at a time, so the
+    # (batch x context x vocab) logits never exist (model/fused_loss.py): the same loss and
+    # gradients, faster on a CPU and much less memory for a large vocabulary.
+    fused_loss: bool = True
     tensorboard: bool = False  # also write TensorBoard scalars (needs `pip install tensorboard`)
 
     def validate(self) -> None:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.config import ModelConfig
+from scratchlm.model.fused_loss import linear_cross_entropy
 from scratchlm.model.norms import RMSNorm, make_norm
 from scratchlm.model.positional import (
     apply_rope,
@@ -431,21 +432,9 @@ class GPT(nn.Module):
             dtype=weight.dtype if dtype is None else dtype,
         )
 
-    def forward(
-        self,
-        idx: Tensor,
-        targets: Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        last_only: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets or None).
-
-        targets (B, T) holds the next token at each position; -1 marks positions to ignore.
-        With kv_cache, idx continues the cached sequence: its tokens get positions
-        [kv_cache.pos, kv_cache.pos + T) (less each row's left padding) and the cache advances
-        by T. last_only computes the logits of the last position only, (B, 1, V): all that
-        generation needs, and it spares a prefill the head's T x C x V matmul.
-        """
+    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """idx (B, T) -> the last block's output (B, T, C), before the final norm and the head.
+        With kv_cache, as in forward; the cache advances by T."""
         B, T = idx.shape
         pos = 0 if kv_cache is None else kv_cache.pos
         if T < 1:
@@ -504,6 +493,26 @@ class GPT(nn.Module):
                 )
             else:
                 x = block(x, cos, sin, cache, pos, mask)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return x
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, V), mean cross-entropy over targets or None).
+
+        targets (B, T) holds the next token at each position; -1 marks positions to ignore.
+        With kv_cache, idx continues the cached sequence: its tokens get positions
+        [kv_cache.pos, kv_cache.pos + T) (less each row's left padding) and the cache advances
+        by T. last_only computes the logits of the last position only, (B, 1, V): all that
+        generation needs, and it spares a prefill the head's T x C x V matmul.
+        """
+        x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         x = self.transformer["ln_f"](x)
@@ -513,12 +522,24 @@ class GPT(nn.Module):
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
 
-        if kv_cache is not None:
-            kv_cache.pos += T
-
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
             )
         return logits, loss
+
+    def training_loss(self, idx: Tensor, targets: Tensor) -> Tensor:
+        """The mean cross-entropy forward(idx, targets) computes, without its (B, T, V) logits.
+
+        The head and the loss are fused and taken a chunk of positions at a time
+        (model/fused_loss.py): the same loss and gradients, less memory traffic and memory.
+        This is what training calls with train.fused_loss (the default).
+        """
+        x = self.transformer["ln_f"](self.hidden_states(idx))  # (B, T, C)
+        return linear_cross_entropy(
+            x.view(-1, x.size(-1)),
+            self.lm_head.weight,
+            targets.reshape(-1),
+            softcap=self.config.logit_softcap,
+        )

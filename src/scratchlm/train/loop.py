@@ -16,14 +16,17 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from scratchlm.config import RunConfig
+from scratchlm.config import RunConfig, TrainConfig
 from scratchlm.data.loader import TokenBatches
 from scratchlm.devices import autocast_context, resolve_device, resolve_dtype
 from scratchlm.errors import ScratchLMError
@@ -139,9 +142,7 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
             f"{dtype}{' (auto)' if tc.dtype == 'auto' else ''} | {tc.optimizer}, "
             f"{tc.schedule} schedule | measured peak {peak / 1e9:,.1f} GFLOP/s"
         )
-    forward = model
-    if tc.compile:
-        forward = torch.compile(model)  # type: ignore[assignment]
+    loss_fn = make_loss_fn(model, tc)
 
     def rng_states() -> dict[str, torch.Tensor]:
         loader = {LOADER_PREFIX + k: v for k, v in train_batches.state_dict().items()}
@@ -192,16 +193,8 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
                     group["lr"] = base_lr * factor
                 lr = tc.learning_rate * factor
                 step_start = time.perf_counter()
-                loss_sum = 0.0
-                for _ in range(accum):
-                    x, y = train_batches.next_batch()
-                    with autocast:
-                        _, loss = forward(x, y)
-                    # Each micro-batch contributes its share of the mean over the whole step.
-                    (loss / accum).backward()
-                    loss_sum += float(loss.detach())
-                train_loss = loss_sum / accum
-                grad_norm = _grad_norm(model, tc.grad_clip)
+                train_loss = forward_backward(loss_fn, train_batches.next_batch, accum, autocast)
+                grad_norm = clip_grad_norm(model, tc.grad_clip)
                 if tc.compile and state.step == first_step:
                     compile_s = time.perf_counter() - step_start
                     metrics.append({"step": state.step, "compile_s": compile_s})
@@ -312,7 +305,44 @@ def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) ->
     )
 
 
-def _grad_norm(model: torch.nn.Module, clip: float) -> float:
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
+    """(x, y) -> the mean loss of one micro-batch, as training computes it: the fused,
+    chunked head and cross-entropy (train.fused_loss) or forward's, torch.compile'd with
+    train.compile (compiled on the first call; the loop reports that step's time apart)."""
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        if tc.fused_loss:
+            return model.training_loss(x, y)
+        _, loss = model(x, y)
+        assert loss is not None
+        return loss
+
+    return torch.compile(loss_fn) if tc.compile else loss_fn
+
+
+def forward_backward(
+    loss_fn: LossFn,
+    next_batch: Callable[[], tuple[Tensor, Tensor]],
+    accum: int,
+    autocast: AbstractContextManager[object],
+) -> float:
+    """Forward and backward passes of `accum` micro-batches, gradients summed into .grad;
+    returns the mean loss over them."""
+    loss_sum = 0.0
+    for _ in range(accum):
+        x, y = next_batch()
+        with autocast:
+            loss = loss_fn(x, y)
+        # Each micro-batch contributes its share of the mean over the whole step.
+        (loss / accum).backward()
+        loss_sum += float(loss.detach())
+    return loss_sum / accum
+
+
+def clip_grad_norm(model: torch.nn.Module, clip: float) -> float:
     """The global gradient norm (inf or nan if any gradient is), clipped to `clip` when > 0."""
     if clip > 0:
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
