@@ -1,11 +1,14 @@
 """Peak memory (RSS) of a training step of GPT-2 124M, with and without activation checkpointing.
 
-    python benchmarks/train_memory.py [--batch 1] [--context 1024] [--threads 2] [--json out.json]
+    python benchmarks/train_memory.py [--batch 1] [--context 1024] [--threads 2] [--unfused]
+        [--json out.json]
 
 Each configuration runs in a child process of its own (a fresh interpreter, so one run's freed
 memory cannot hide the next one's peak), which builds `model_preset("gpt2-124m")` at the given
 context, our AdamW (`build_optimizer`), and takes one fp32 training step on random tokens:
-forward, cross-entropy, backward, clip to 1.0, optimizer step. It reports the process's peak
+forward, cross-entropy, backward, clip to 1.0, optimizer step, the loss computed as `scratchlm
+train` computes it (train/loop.py's make_loss_fn: the fused head + cross-entropy by default,
+`--unfused` for forward's plain logits and cross-entropy). It reports the process's peak
 resident set (VmHWM from /proc/self/status) at three points:
 
 - after building the model and optimizer (the weights: 124M x 4 bytes, ~0.5 GB);
@@ -42,23 +45,27 @@ def vm_hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def child(batch: int, context: int, checkpointing: bool, threads: int) -> dict[str, Any]:
+def child(
+    batch: int, context: int, checkpointing: bool, threads: int, fused: bool
+) -> dict[str, Any]:
     import torch
 
     from scratchlm.config import TrainConfig, model_preset
     from scratchlm.model import GPT
+    from scratchlm.train.loop import make_loss_fn
     from scratchlm.train.optimizer import build_optimizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = model_preset("gpt2-124m", block_size=context, activation_checkpointing=checkpointing)
     model = GPT(config).train()
-    optimizer = build_optimizer(model, TrainConfig())
+    train_config = TrainConfig(fused_loss=fused)
+    optimizer = build_optimizer(model, train_config)
+    loss_fn = make_loss_fn(model, train_config)
     tokens = torch.randint(0, config.vocab_size, (batch, context + 1))
     built = vm_hwm()
     start = time.perf_counter()
-    _, loss = model(tokens[:, :-1], tokens[:, 1:])
-    assert loss is not None
+    loss = loss_fn(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
     backward = vm_hwm()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -79,25 +86,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unfused", action="store_true", help="forward's logits + cross-entropy")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(args.batch, args.context, args.child == "on", args.threads)
+        result = child(args.batch, args.context, args.child == "on", args.threads, not args.unfused)
         print(json.dumps(result))
         return
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; gpt2-124m, "
-        f"batch {args.batch}, context {args.context}, fp32; load average {load}",
+        f"batch {args.batch}, context {args.context}, fp32, "
+        f"{'unfused' if args.unfused else 'fused'} loss; load average {load}",
         flush=True,
     )
     results = {}
     for flag in ("off", "on"):
         command = [sys.executable, __file__, "--child", flag]
         command += ["--batch", str(args.batch), "--context", str(args.context)]
-        command += ["--threads", str(args.threads)]
+        command += ["--threads", str(args.threads)] + (["--unfused"] if args.unfused else [])
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[flag] = json.loads(out.strip().splitlines()[-1])
         r = results[flag]
