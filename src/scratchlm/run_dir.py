@@ -14,7 +14,6 @@ so it can be resumed, evaluated or sampled from without any other input.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ from scratchlm.tokenizer.char import train_char_tokenizer
 from scratchlm.train.checkpoint import (
     TrainingState,
     check_tokenizer_fingerprint,
+    file_sha256,
     latest_checkpoint,
     list_checkpoints,
     read_checkpoint_meta,
@@ -223,7 +223,7 @@ def load_trained_model(
 def _check_sha256(path: Path, digest: str | None) -> None:
     if not path.is_file():
         raise ScratchLMError(f"checkpoint {path.parent} is incomplete: {path.name} is missing")
-    if digest is not None and _sha256(path) != digest:
+    if digest is not None and file_sha256(path) != digest:
         raise ScratchLMError(
             f"checkpoint {path.parent} is corrupted: {path.name} does not match its checksum; "
             "use an earlier checkpoint (--checkpoint) or retrain"
@@ -305,18 +305,10 @@ def save_imported_run(
             "tokens_seen": 0,
             "best_val_loss": None,
             "extra": {"tokenizer": tokenizer.fingerprint(), "imported_from": source},
-            "sha256": {"model.safetensors": _sha256(weights / "model.safetensors")},
+            "sha256": {"model.safetensors": file_sha256(weights / "model.safetensors")},
         }
         atomic_write_text(weights / "meta.json", json.dumps(meta, indent=2) + "\n")
         if overwrite and run_dir.exists():
             shutil.rmtree(run_dir)
         os.replace(stage, run_dir)
     return config
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()

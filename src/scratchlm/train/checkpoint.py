@@ -107,7 +107,7 @@ def save_checkpoint(
             "best_val_loss": state.best_val_loss,
             "best_step": state.best_step,
             "extra": state.extra,
-            "sha256": {name: _sha256(tmp / name) for name in files},
+            "sha256": {name: file_sha256(tmp / name) for name in files},
         }
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
         if final.exists():  # re-saving the same step (e.g. interrupted right after a save)
@@ -150,7 +150,7 @@ def load_checkpoint(
     for name, digest in meta["sha256"].items():
         if not (path / name).is_file():
             raise ScratchLMError(f"checkpoint {path} is incomplete: {name} is missing")
-        if _sha256(path / name) != digest:
+        if file_sha256(path / name) != digest:
             raise ScratchLMError(
                 f"checkpoint {path} is corrupted: {name} does not match its checksum; "
                 "use an earlier checkpoint (--checkpoint) or retrain"
@@ -312,7 +312,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time, as hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -326,6 +327,7 @@ __all__ = [
     "check_tokenizer_fingerprint",
     "checkpoint_dir",
     "data_fingerprint",
+    "file_sha256",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
