@@ -1,9 +1,12 @@
 """Which dtype to decode in: `--dtype float32 | bfloat16 | auto`, and casting a model to it.
 
-Decoding one token reads every weight once, so bf16 weights halve the bytes read per token
-and would be faster where bf16 arithmetic is native: CUDA GPUs, and CPUs with AMX or
-AVX512-BF16. Elsewhere PyTorch emulates bf16 matmuls, which is far slower than float32 (this
-project's 2-core AVX2 machine: about 40x), so "auto" keeps float32 there. With --quantize
+Decoding one token reads every weight once, so bf16 weights halve the bytes read per token,
+and they are fast everywhere bf16 arithmetic is native: CUDA GPUs, and CPUs with AMX or
+AVX512-BF16. Elsewhere PyTorch emulates bf16: its matrix-vector products (a decode step) still
+run about 2x faster than float32, but the matrix-matrix products of a prompt's prefill run
+6-7x slower (this project's 2-core AVX2 machine; benchmarks/README.md), so "auto" keeps the
+more accurate float32 there and `--dtype bfloat16` is the choice for long generations from
+short prompts. With --quantize
 (model/quantize.py) "auto" is bfloat16 everywhere: the int8/int4 kernels are fast only with
 bfloat16 activations.
 """
