@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus_sample import sample_documents
+from machine import cpu_description, load_average
 
 from scratchlm.data.prepare import TextEncoder, available_cores, prepare_shards
 from scratchlm.tokenizer.bpe import EOT_TOKEN
@@ -101,9 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours.tiktoken_encoding()  # the fast path must be available: fail here, not in the timing
     contenders: dict[str, TextEncoder] = {"scratchlm": ours, "tiktoken": gpt2_tiktoken()}
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+        f"{cpu_description()} "
         f"({available_cores()} available), Python {platform.python_version()}, "
         f"load average {load}"
     )

@@ -90,6 +90,9 @@ def memory_bandwidth(mb: int = 512, repeats: int = 5) -> float:
     return x.numel() * 4 / best
 
 
+INTS = (torch.int8, torch.uint8)  # the dtypes of quantised weights
+
+
 def model_bytes_per_step(model: GPT) -> int:
     """Bytes of weights one decode step reads: every parameter and quantised buffer once (a
     tied embedding/head matrix once: the lookup reads a single row of it)."""
@@ -103,9 +106,6 @@ def model_bytes_per_step(model: GPT) -> int:
     tables = [getattr(model, name, None) for name in ("rope_cos", "rope_sin", "pos_table")]
     total -= sum(t.numel() * t.element_size() for t in tables if t is not None)  # one row each
     return total
-
-
-INTS = (torch.int8, torch.uint8)
 
 
 def first_difference(a: list[list[int]], b: list[list[int]]) -> float:

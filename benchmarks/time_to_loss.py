@@ -41,12 +41,12 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from machine import cpu_description, load_average
 from torch import Tensor
 
 from scratchlm.config import ModelConfig, TrainConfig
@@ -240,9 +240,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = CharData.shakespeare()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{cpu_description()}, "
         f"{args.threads} threads, torch {torch.__version__}; load average {load}\n"
         f"{len(data.vocab)} characters; {len(data.train):,} train / {len(data.val):,} val tokens",
         flush=True,
@@ -256,7 +256,7 @@ def main() -> None:
                 long_name, RECIPES[name], data, args.steps_scale * args.long_scale
             )
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     print(f"\nload average at the end {load}")
     base = logs.get("baseline")
     if base is not None:

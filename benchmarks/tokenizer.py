@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus_sample import CORPORA, sample_documents
+from machine import cpu_description, load_average
 
 from scratchlm.data.prepare import split_documents
 from scratchlm.errors import ScratchLMError
@@ -325,11 +326,8 @@ def print_table(results: dict[str, Any]) -> None:
 
 def machine() -> str:
     # The load average says whether other work shared the CPUs while this ran.
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load average {load}"
-    )
+    load = load_average()
+    return f"{cpu_description()}, Python {platform.python_version()}, load average {load}"
 
 
 def versions() -> dict[str, str]:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any
+
+from machine import cpu_description, load_average
 
 GIB = 1024**3
 
@@ -95,9 +95,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; gpt2-124m, "
+        f"{cpu_description()}; gpt2-124m, "
         f"batch {args.batch}, context {args.context}, fp32, "
         f"{'unfused' if args.unfused else 'fused'} loss; load average {load}",
         flush=True,
@@ -128,7 +128,7 @@ def main() -> None:
         f"{'forward + backward above the model':<34} {activations_off / GIB:>8.2f} "
         f"{activations_on / GIB:>8.2f} {activations_on / activations_off:>14.2f}x"
     )
-    print(f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end {load_average()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_description, load_average
 from torch import Tensor
 
 from scratchlm.config import ModelConfig, TrainConfig
@@ -212,10 +212,10 @@ def main() -> None:
     import transformers
 
     def load() -> str:
-        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        return load_average()
 
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{cpu_description()}, "
         f"{args.threads} threads, torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}), transformers {transformers.__version__}; "
         f"load average {load()}",
