@@ -255,10 +255,17 @@ def depth_shape(depth: int) -> DepthShape:
     return DepthShape(depth, n_embd, n_head, learning_rate=6e-4 * 768 / n_embd)
 
 
+def preset_depth(name: str) -> int | None:
+    """N for a "depth-N" preset name, None for any other name."""
+    digits = name.removeprefix("depth-")
+    return int(digits) if name.startswith("depth-") and digits.isdigit() else None
+
+
 def model_preset(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a named preset (MODEL_PRESETS or "depth-N"), with overrides applied."""
-    if name.startswith("depth-") and name[len("depth-") :].isdigit():
-        keys = depth_shape(int(name[len("depth-") :])).model_keys()
+    depth = preset_depth(name)
+    if depth is not None:
+        keys = depth_shape(depth).model_keys()
     elif name in MODEL_PRESETS:
         keys = MODEL_PRESETS[name]
     else:
@@ -664,11 +671,10 @@ def _train_keys_given(raw: dict[str, Any], overrides: list[str]) -> set[str]:
 def _apply_depth_learning_rate(config: RunConfig, given: set[str]) -> None:
     """A depth-N model trains at the learning rate depth_shape derives for it, unless the
     recipe or the command line names one (min_lr follows at a tenth, as the defaults)."""
-    preset = config.model.preset
-    depth = preset[len("depth-") :]
-    if not (preset.startswith("depth-") and depth.isdigit()) or "learning_rate" in given:
+    depth = preset_depth(config.model.preset)
+    if depth is None or "learning_rate" in given:
         return
-    config.train.learning_rate = depth_shape(int(depth)).learning_rate
+    config.train.learning_rate = depth_shape(depth).learning_rate
     if "min_lr" not in given:
         config.train.min_lr = config.train.learning_rate / 10
 
