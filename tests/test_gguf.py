@@ -514,6 +514,20 @@ def test_bos_and_eos_survive_import_and_export(tmp_path: Path, smollm2: GGUFMode
     assert json.loads((tmp_path / "run2" / "token_roles.json").read_text()) == roles
 
 
+def test_a_broken_token_roles_file_is_one_clear_error(tmp_path: Path) -> None:
+    from scratchlm.run_dir import TOKEN_ROLES_FILE, token_role_ids
+
+    tokenizer = pydoc_tokenizer(512)
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    assert token_role_ids(tmp_path, tokenizer) == dict.fromkeys(("bos", "eos", "pad"), eot)
+    (tmp_path / TOKEN_ROLES_FILE).write_text("{not json")
+    with pytest.raises(ScratchLMError, match=r"token_roles\.json is not valid JSON"):
+        token_role_ids(tmp_path, tokenizer)
+    (tmp_path / TOKEN_ROLES_FILE).write_text('["eos"]')
+    with pytest.raises(ScratchLMError, match="expected an object"):
+        token_role_ids(tmp_path, tokenizer)
+
+
 def test_export_refuses_a_pattern_llama_cpp_cannot_name(tmp_path: Path) -> None:
     from scratchlm.tokenizer import BPETokenizer
 

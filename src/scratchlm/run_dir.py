@@ -238,12 +238,16 @@ def token_role_ids(run_dir: Path, tokenizer: BPETokenizer) -> dict[str, int]:
     """The ids of the run's bos, eos and pad tokens, for exports: what an imported model named
     (token_roles.json; SmolLM2-Instruct ends a reply with <|im_end|>), and otherwise
     <|endoftext|> for each role, the one special token scratchlm's tokenizers train with."""
-    import json
+    from scratchlm.user_files import read_json
 
     roles: dict[str, str] = {}
     path = Path(run_dir) / TOKEN_ROLES_FILE
     if path.is_file():
-        roles = json.loads(path.read_text(encoding="utf-8"))
+        roles = read_json(path, "token roles file")
+        if not isinstance(roles, dict):
+            raise ScratchLMError(
+                f'{path}: expected an object like {{"eos": "<|im_end|>"}}; fix or delete it'
+            )
     ids = {}
     for role in TOKEN_ROLES:
         token = roles.get(role, "<|endoftext|>")
