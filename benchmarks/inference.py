@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from scratchlm.batch_generation import BatchGenerator
-from scratchlm.inference_dtype import cast_for_inference, resolve_inference_dtype
+from scratchlm.inference.dtype import cast_for_inference, resolve_inference_dtype
+from scratchlm.inference.engine import BatchGenerator
 from scratchlm.model import GPT
-from scratchlm.model.gguf_runs import pretrained_run
 from scratchlm.model.hf_format import save_hf_model
-from scratchlm.run_dir import load_trained_model
+from scratchlm.runs.loading import load_trained_model
+from scratchlm.runs.pretrained import pretrained_run
 
 PROMPTS = [
     "The capital of France is",
@@ -137,7 +137,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import transformers
 
-    from scratchlm.model.quantize import quantize_model
+    from scratchlm.inference.quantize import quantize_model
 
     run = pretrained_run("smollm2-135m-instruct")
     _, tokenizer, reference = load_trained_model(run)

@@ -49,12 +49,13 @@ import torch
 from machine import cpu_description, load_average
 from torch import Tensor
 
-from scratchlm.config import ModelConfig, TrainConfig
 from scratchlm.data.sources import fetch_corpus
-from scratchlm.devices import autocast_context
 from scratchlm.model import GPT
+from scratchlm.model.config import ModelConfig
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import clip_grad_norm, forward_backward, make_loss_fn
 from scratchlm.train.optimizer import build_optimizer
+from scratchlm.train.precision import autocast_context
 from scratchlm.train.schedule import lr_factor_at
 
 SEED = 1337

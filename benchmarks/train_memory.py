@@ -50,8 +50,9 @@ def child(
 ) -> dict[str, Any]:
     import torch
 
-    from scratchlm.config import TrainConfig, model_preset
     from scratchlm.model import GPT
+    from scratchlm.model.config import model_preset
+    from scratchlm.train.config import TrainConfig
     from scratchlm.train.loop import make_loss_fn
     from scratchlm.train.optimizer import build_optimizer
 

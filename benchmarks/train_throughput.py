@@ -51,9 +51,10 @@ import torch.nn.functional as F
 from machine import cpu_description, load_average
 from torch import Tensor
 
-from scratchlm.config import ModelConfig, TrainConfig
 from scratchlm.model import GPT
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.hf_format import gpt2_state_dict_from_gpt, model_config_to_gpt2_config
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import clip_grad_norm, forward_backward, make_loss_fn
 from scratchlm.train.optimizer import build_optimizer
 

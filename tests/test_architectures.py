@@ -11,15 +11,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from scratchlm.config import (
-    MODEL_PRESETS,
-    ModelConfig,
-    depth_shape,
-    load_config,
-    model_preset,
-)
-from scratchlm.errors import ScratchLMError
+from scratchlm.config import load_config
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
+from scratchlm.model.config import MODEL_PRESETS, ModelConfig, depth_shape, model_preset
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 from scratchlm.model.norms import RMSNorm
 from scratchlm.model.positional import (

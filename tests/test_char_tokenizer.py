@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from scratchlm.config import load_config
-from scratchlm.errors import ScratchLMError
-from scratchlm.run_dir import load_tokenizer, prepare_run
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.runs.layout import load_tokenizer
+from scratchlm.runs.preparation import prepare_run
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.tokenizer.char import is_char_tokenizer, train_char_tokenizer
 

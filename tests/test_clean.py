@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.clean import (
     EMPTY,
     NORMALISED,
@@ -30,7 +31,6 @@ from scratchlm.data.clean import (
 )
 from scratchlm.data.readers import Document
 from scratchlm.data.removals import RemovalReport, utf8_len
-from scratchlm.errors import ScratchLMError
 
 GOOD = normalise_text(topics["exceptions"])  # 360 words of real English prose
 FAMILY_EMOJI = "\U0001f468\u200d\U0001f469"  # man, zero-width joiner, woman: one glyph

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm.config import RunConfig, load_config, model_preset
-from scratchlm.errors import ScratchLMError
+from scratchlm.config import RunConfig, load_config
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.model.config import model_preset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data import (
     cache_dir,
     fetch_corpus,
@@ -17,7 +18,6 @@ from scratchlm.data import (
     read_documents,
     sources,
 )
-from scratchlm.errors import ScratchLMError
 
 
 @pytest.fixture(autouse=True)

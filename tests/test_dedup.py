@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.dedup import (
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
@@ -53,7 +54,6 @@ from scratchlm.data.minhash import (
 )
 from scratchlm.data.readers import Document
 from scratchlm.data.removals import RemovalReport
-from scratchlm.errors import ScratchLMError
 
 KINDS = ("copy", "light_edit", "shuffled", "heavy_edit")
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from scratchlm.config import ModelConfig, TrainConfig
 from scratchlm.model import GPT
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.fused_loss import chunk_rows, linear_cross_entropy
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import forward_backward, make_loss_fn
 
 

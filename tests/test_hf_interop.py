@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from scratchlm.config import ModelConfig, model_preset
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
+from scratchlm.model.config import ModelConfig, model_preset
 from scratchlm.model.hf_format import (
     gpt_from_hf_state_dict,
     hf_architecture,

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from scratchlm.config import ModelConfig, model_preset
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT, KVCache
+from scratchlm.model.config import ModelConfig, model_preset
 
 POS_ENCODINGS = ["learned", "rope"]
 

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scratchlm.config import load_config
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.clean import CleanConfig, first_failure, normalise_text
 from scratchlm.data.dataset import prepare_dataset
 from scratchlm.data.dedup import LineDocumentCounts, document_line_keys
@@ -34,7 +35,6 @@ from scratchlm.data.removals import RemovalReport
 from scratchlm.data.report import load_report
 from scratchlm.data.shards import open_shard
 from scratchlm.data.spill import SpilledDocuments, SpillWriter
-from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import BPETokenizer
 
 # --- the planted corpus ------------------------------------------------------------------------

@@ -7,12 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.config import model_preset
-from scratchlm.errors import ScratchLMError
-from scratchlm.generate import generate_batch
-from scratchlm.inference_dtype import cast_for_inference, resolve_inference_dtype
-from scratchlm.model import GPT
-from scratchlm.model.quantize import (
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.dtype import cast_for_inference, resolve_inference_dtype
+from scratchlm.inference.generate import generate_batch
+from scratchlm.inference.quantize import (
     INT4_GROUP,
     Int4Linear,
     Int8Linear,
@@ -20,6 +18,8 @@ from scratchlm.model.quantize import (
     int8_codes,
     quantize_model,
 )
+from scratchlm.model import GPT
+from scratchlm.model.config import model_preset
 
 
 def q4_1_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.readers import DocumentReader, file_format
-from scratchlm.errors import ScratchLMError
 
 
 def texts(reader: DocumentReader) -> list[str]:

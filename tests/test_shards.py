@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scratchlm.config import load_config
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data import (
     DocumentSplit,
     TokenBatches,
@@ -24,7 +25,6 @@ from scratchlm.data import (
 )
 from scratchlm.data.shards import HEADER_SIZE, MAGIC
 from scratchlm.data.split import split_text
-from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import BPETokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]

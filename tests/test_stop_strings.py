@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scratchlm.errors import ScratchLMError
-from scratchlm.stop_strings import StopStringMatcher
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.stop_strings import StopStringMatcher
 
 
 def run(pieces: list[str], stop: list[str]) -> tuple[list[str], bool]:

@@ -20,9 +20,9 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.documents import read_documents
 from scratchlm.data.sources import fetch_corpus
-from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import (
     GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import regex
 
-from scratchlm.atomic_files import atomic_write_bytes
-from scratchlm.data.cache import cache_dir
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_bytes
+from scratchlm.core.cache import cache_dir
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.tokenizer import hf_format as hf_format_module
 from scratchlm.tokenizer.gpt2_format import (

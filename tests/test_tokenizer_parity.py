@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.tokenizer import bpe as bpe_module
 from scratchlm.tokenizer.tiktoken_format import read_tiktoken_ranks

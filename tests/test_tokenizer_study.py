@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from scratchlm.cli import main
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data import read_documents
-from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.study import parse_sizes, study_vocab_sizes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchlm.config import RunConfig, TrainConfig, load_config
-from scratchlm.errors import ScratchLMError
+from scratchlm.config import RunConfig, load_config
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
-from scratchlm.run_dir import load_trained_model, prepare_run
-from scratchlm.train.checkpoint import (
+from scratchlm.runs.checkpoint import (
     TrainingState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from scratchlm.runs.loading import load_trained_model
+from scratchlm.runs.preparation import prepare_run
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import train_model
 from scratchlm.train.metrics import read_metrics
 from scratchlm.train.optimizer import AdamW, build_optimizer

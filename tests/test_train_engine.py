@@ -22,24 +22,26 @@ import safetensors.torch
 import torch
 
 from scratchlm import cli
-from scratchlm.config import ModelConfig, RunConfig, TrainConfig, load_config
-from scratchlm.devices import CPU_BF16_MIN_WIDTH, resolve_dtype
-from scratchlm.errors import ScratchLMError
+from scratchlm.config import RunConfig, load_config, load_run_config
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
-from scratchlm.run_dir import load_run_config, prepare_run
-from scratchlm.train import checkpoint as checkpoint_module
-from scratchlm.train import flops, loop
-from scratchlm.train.checkpoint import (
+from scratchlm.model.config import ModelConfig
+from scratchlm.runs import checkpoint as checkpoint_module
+from scratchlm.runs.checkpoint import (
     TrainingState,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from scratchlm.runs.preparation import prepare_run
+from scratchlm.train import flops, loop
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import train_model
 from scratchlm.train.metrics import read_metrics
 from scratchlm.train.muon import Muon, orthogonalize
 from scratchlm.train.optimizer import AdamW, build_optimizer, parameter_groups
+from scratchlm.train.precision import CPU_BF16_MIN_WIDTH, resolve_dtype
 from scratchlm.train.schedule import learning_rate_at
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from pydoc_data.topics import topics
 
-from scratchlm.data.cache import cache_dir
+from scratchlm.core.cache import cache_dir
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.tokenizer.pretrained import fetch_rank_file, load_pretrained
 

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 # Heavy imports (torch, the model) happen inside the commands, so `--help` is instant.
 
@@ -647,7 +647,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     if args.resume is not None:
         if args.config is not None:
             raise ScratchLMError("--resume continues a run with its own config; drop --config")
-        from scratchlm.run_dir import RunPaths, load_run_config
+        from scratchlm.config import load_run_config
+        from scratchlm.runs.layout import RunPaths
         from scratchlm.train.loop import train_model
 
         for word in extra:
@@ -663,7 +664,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
                 f"{args.resume} has no prepared data; start it again without --resume"
             )
         if extra:  # remember e.g. a longer --train.max_steps for the next resume
-            from scratchlm.atomic_files import atomic_write_text
+            from scratchlm.core.atomic_files import atomic_write_text
 
             atomic_write_text(paths.config, config.to_toml())
         result = train_model(config, resume=True)
@@ -674,7 +675,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
 
         # Check the config before importing torch, so a typo is reported at once.
         config = load_config(args.config, extra)
-        from scratchlm.run_dir import RunPaths, prepare_run
+        from scratchlm.runs.layout import RunPaths
+        from scratchlm.runs.preparation import prepare_run
         from scratchlm.train.loop import train_model
 
         prepare_run(config, overwrite=args.overwrite)
@@ -682,7 +684,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> None:
     if result.interrupted:
         return
     if result.val_loss is not None:
-        from scratchlm.eval.perplexity import perplexity
+        from scratchlm.train.validation import perplexity
 
         print(
             f"done: {result.steps:,} steps in {result.seconds:.0f}s | val loss "
@@ -720,13 +722,16 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> None:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> None:
     if args.batches is not None and args.batches < 1:
         raise ScratchLMError(f"--batches must be at least 1, got {args.batches}")
+    from scratchlm.config import load_run_config
+    from scratchlm.core.devices import resolve_device
     from scratchlm.data.loader import TokenBatches
-    from scratchlm.devices import resolve_device
-    from scratchlm.eval.perplexity import evaluate_loss, perplexity
-    from scratchlm.run_dir import RunPaths, load_trained_model
+    from scratchlm.runs.layout import RunPaths
+    from scratchlm.runs.loading import load_trained_model
+    from scratchlm.train.validation import evaluate_loss, perplexity
 
     device = resolve_device(args.device)
-    config, _, model = load_trained_model(args.run_dir, args.checkpoint, device)
+    config = load_run_config(args.run_dir)
+    _, _, model = load_trained_model(args.run_dir, args.checkpoint, device)
     paths = RunPaths(config.run_dir)
     batches = TokenBatches(
         paths.shards("val"),
@@ -744,7 +749,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before loading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.format == "gguf":
-        from scratchlm.model.gguf_runs import export_gguf_run
+        from scratchlm.runs.gguf import export_gguf_run
 
         model = export_gguf_run(args.run_dir, args.out, args.checkpoint, args.dtype)
         print(
@@ -753,7 +758,8 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> None:
         )
         return
     from scratchlm.model.hf_format import save_hf_model
-    from scratchlm.run_dir import load_trained_model, token_role_ids
+    from scratchlm.runs.layout import token_role_ids
+    from scratchlm.runs.loading import load_trained_model
     from scratchlm.tokenizer.hf_format import hf_tokenizer_text
 
     _, tokenizer, model = load_trained_model(args.run_dir, args.checkpoint)
@@ -772,11 +778,11 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
     if args.out.exists() and not args.overwrite:  # before reading anything
         raise ScratchLMError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.format == "gguf":
-        from scratchlm.model.gguf_runs import import_gguf_run
+        from scratchlm.runs.gguf import import_gguf_run
 
-        config = import_gguf_run(args.source, args.out, overwrite=args.overwrite)
+        model = import_gguf_run(args.source, args.out, overwrite=args.overwrite)
         print(
-            f"imported {args.source} ({config.model.n_layer} layers, {config.model.n_embd} wide) "
+            f"imported {args.source} ({model.config.n_layer} layers, {model.config.n_embd} wide) "
             f"into the run {args.out}; try `scratchlm generate {args.out} --prompt ...`"
         )
         return
@@ -786,7 +792,7 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
         load_hf_model,
         read_hf_config,
     )
-    from scratchlm.run_dir import save_imported_run
+    from scratchlm.runs.imported import save_imported_run
     from scratchlm.tokenizer.hf_format import load_hf_tokenizer
 
     read_hf_config(args.source)  # a missing folder or config.json is named first
@@ -811,7 +817,7 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def cmd_plot(args: argparse.Namespace, extra: list[str]) -> None:
-    from scratchlm.run_dir import RunPaths
+    from scratchlm.runs.layout import RunPaths
     from scratchlm.train.metrics import plot_learning_rate, plot_loss, read_metrics
 
     paths = RunPaths(args.run_dir)
@@ -826,7 +832,7 @@ def cmd_plot(args: argparse.Namespace, extra: list[str]) -> None:
 def _run_or_pretrained(run_dir: Path) -> Path:
     """`run_dir` itself, or for the name of a pretrained model that is not a folder here, its
     run in the cache (downloaded and imported the first time)."""
-    from scratchlm.model.gguf_runs import PRETRAINED_RUNS, pretrained_run
+    from scratchlm.runs.pretrained import PRETRAINED_RUNS, pretrained_run
 
     if not run_dir.exists() and str(run_dir) in PRETRAINED_RUNS:
         return pretrained_run(str(run_dir))
@@ -846,12 +852,13 @@ def _print_samples(
     dtype: str = "auto",
     quantize: str | None = None,
 ) -> None:
-    from scratchlm.atomic_files import atomic_write_text
-    from scratchlm.devices import resolve_device
-    from scratchlm.inference_dtype import cast_for_inference, resolve_inference_dtype
-    from scratchlm.run_dir import load_trained_model
-    from scratchlm.stop_strings import check_stop_strings
-    from scratchlm.text_generation import generate_texts
+    from scratchlm.config import load_run_config
+    from scratchlm.core.atomic_files import atomic_write_text
+    from scratchlm.core.devices import resolve_device
+    from scratchlm.inference.dtype import cast_for_inference, resolve_inference_dtype
+    from scratchlm.inference.stop_strings import check_stop_strings
+    from scratchlm.inference.text import generate_texts
+    from scratchlm.runs.loading import load_trained_model
 
     # Check the arguments before loading anything.
     torch_device = resolve_device(device)
@@ -859,10 +866,11 @@ def _print_samples(
     stop = check_stop_strings(stop or [])
     if prompts is not None and "" in prompts:
         raise ScratchLMError("--prompt is empty; give some text to continue")
-    config, tokenizer, model = load_trained_model(run_dir, checkpoint, torch_device)
+    config = load_run_config(run_dir)
+    _, tokenizer, model = load_trained_model(run_dir, checkpoint, torch_device)
     cast_for_inference(model, torch_dtype)
     if quantize is not None:
-        from scratchlm.model.quantize import quantize_model
+        from scratchlm.inference.quantize import quantize_model
 
         quantize_model(model, quantize, torch_dtype)
     sample_config = config.sample
@@ -905,7 +913,7 @@ def _print_samples(
 def _read_text_file(path: Path) -> str:
     # Bytes, then decode: text mode would turn \r\n into \n, and `encode --file` must see the
     # file exactly as it is.
-    from scratchlm.user_files import read_bytes
+    from scratchlm.core.user_files import read_bytes
 
     return _decode_utf8(read_bytes(path, "text file"), str(path))
 

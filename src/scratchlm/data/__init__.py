@@ -3,7 +3,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from scratchlm.data.cache import cache_dir
+from scratchlm.core.cache import cache_dir
 from scratchlm.data.dataset import prepare_dataset
 from scratchlm.data.documents import DocumentSet, load_documents, read_documents
 from scratchlm.data.pipeline import CleanCorpus, PipelineSettings, run_pipeline

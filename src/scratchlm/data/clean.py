@@ -33,9 +33,9 @@ from typing import Literal, get_args
 import numpy as np
 import regex
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.readers import Document
 from scratchlm.data.removals import RemovalReport, utf8_len
-from scratchlm.errors import ScratchLMError
 
 # ---------------------------------------------------------------------------------------------
 # Configuration

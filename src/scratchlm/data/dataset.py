@@ -12,25 +12,23 @@ folder as it was. Files of ours from an earlier preparation that the new one doe
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic_files import fsync_dir
+from scratchlm.core.atomic_files import fsync_dir, staging_folder
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.pipeline import CleanCorpus, PipelineSettings, run_pipeline
 from scratchlm.data.prepare import TextEncoder, prepare_shards
 from scratchlm.data.report import REPORT_FILES, build_report, write_report
 from scratchlm.data.shards import DEFAULT_SHARD_TOKENS
 from scratchlm.data.sources import CORPORA
-from scratchlm.errors import ScratchLMError
 
 WORK = ".work"  # the pipeline's spill, inside the staging folder
 # Files a preparation writes; an earlier preparation's that the new one lacks are removed.
@@ -115,19 +113,6 @@ def exclude_output(settings: PipelineSettings, out: Path) -> PipelineSettings:
     if not patterns:
         return settings
     return dataclasses.replace(settings, exclude=[*settings.exclude, *patterns])
-
-
-@contextlib.contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
-    """A new folder beside `out` (same file system, so moving files out of it is a rename),
-    removed with whatever is left in it when the block ends, however it ends."""
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def install_prepared(stage: Path, out: Path) -> None:

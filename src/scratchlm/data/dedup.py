@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.minhash import (
     MinHasher,
     Signature,
@@ -46,7 +47,6 @@ from scratchlm.data.minhash import (
 )
 from scratchlm.data.readers import Document
 from scratchlm.data.removals import RemovalReport, excerpt, utf8_len
-from scratchlm.errors import ScratchLMError
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"

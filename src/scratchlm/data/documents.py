@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.sources import CORPORA, corpus_names, fetch_corpus
-from scratchlm.errors import ScratchLMError
 
 TEXT_SUFFIXES = (".txt", ".md")
 

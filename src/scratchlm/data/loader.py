@@ -34,8 +34,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.shards import TokenShard, open_shard
-from scratchlm.errors import ScratchLMError
 
 Sampling = Literal["random", "epoch"]
 SAMPLING_MODES: tuple[Sampling, Sampling] = ("random", "epoch")

@@ -58,7 +58,7 @@ from scratchlm.data.removals import RemovalReport, utf8_len
 from scratchlm.data.spill import SpilledDocuments, SpillWriter
 
 if TYPE_CHECKING:
-    from scratchlm.config import CleaningConfig, DataConfig, DedupConfig
+    from scratchlm.data.config import CleaningConfig, DataConfig, DedupConfig
 
 SPILL_NAME = "documents.jsonl.zst"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from scratchlm.atomic_files import atomic_write_text
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.shards import DEFAULT_SHARD_TOKENS, TokenShardWriter, token_dtype
 from scratchlm.data.split import DocumentSplit, Split
 from scratchlm.data.split import split_documents as split_documents  # re-exported
-from scratchlm.errors import ScratchLMError
 
 FORMAT = "scratchlm-token-shards"
 FORMAT_VERSION = 1

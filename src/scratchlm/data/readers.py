@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.sources import CORPORA, corpus_names, fetch_corpus
-from scratchlm.errors import ScratchLMError
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")

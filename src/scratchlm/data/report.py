@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from scratchlm.atomic_files import atomic_path, atomic_write_text
+from scratchlm.core.atomic_files import atomic_path, atomic_write_text
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.clean import EMPTY, CleanConfig
 from scratchlm.data.readers import ReadStats
 from scratchlm.data.removals import RemovalReport
-from scratchlm.errors import ScratchLMError
 
 FORMAT = "scratchlm-data-report"
 FORMAT_VERSION = 1

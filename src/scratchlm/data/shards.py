@@ -39,8 +39,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from scratchlm.atomic_files import atomic_path
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_path
+from scratchlm.core.errors import ScratchLMError
 
 MAGIC = b"SLMTOKEN"
 FORMAT_VERSION = 1

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.data.cache import cache_dir
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.cache import cache_dir
+from scratchlm.core.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
 

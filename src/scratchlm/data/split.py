@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterator
 from typing import Literal
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 Split = Literal["train", "val"]
 

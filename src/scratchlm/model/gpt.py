@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from scratchlm.config import ModelConfig
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.fused_loss import linear_cross_entropy
 from scratchlm.model.norms import RMSNorm, make_norm
 from scratchlm.model.positional import (

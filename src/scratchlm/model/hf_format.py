@@ -29,9 +29,9 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from scratchlm.atomic_files import fsync_dir
-from scratchlm.config import ModelConfig
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import fsync_dir
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from scratchlm.config import ModelConfig
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
 TIED = ("transformer.wte.weight", "lm_head.weight")

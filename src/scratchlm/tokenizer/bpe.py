@@ -41,15 +41,15 @@ from typing import Any, Literal
 
 import regex
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_files import read_json
 from scratchlm.tokenizer.patterns import (
     GPT4_SPLIT_PATTERN,
     NAMED_PATTERNS,
     compile_pattern,
     resolve_pattern,
 )
-from scratchlm.user_files import read_json
 
 Pair = tuple[int, int]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.tiktoken_format import bpe_parts, tokenizer_ranks
 

@@ -3,7 +3,7 @@
 GGUF (llama.cpp's model file) keeps the tokenizer as metadata: every token spelled in GPT-2's
 byte-to-unicode alphabet (tokenizer.ggml.model "gpt2"), the merges as "first second" strings,
 a type per token (1 normal, 3 control = our special tokens) and a pre-tokenizer name that
-stands for the split regex (see _PRE_TOKENIZERS). scratchlm.model.gguf_format reads and
+stands for the split regex (see _PRE_TOKENIZERS). scratchlm.runs.gguf_file reads and
 writes the rest of the file.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.gpt2_format import (
     BYTE_TO_CHAR,

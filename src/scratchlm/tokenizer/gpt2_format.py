@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_files import read_json, read_text
 from scratchlm.tokenizer.bpe import BPETokenizer, Pair
 from scratchlm.tokenizer.patterns import GPT2_SPLIT_PATTERN, NAMED_PATTERNS, R50K_SPLIT_PATTERN
-from scratchlm.user_files import read_json, read_text
 
 MERGES_HEADER = "#version: 0.2"
 

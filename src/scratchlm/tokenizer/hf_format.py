@@ -51,8 +51,9 @@ from typing import Any
 
 import regex
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_files import read_json
 from scratchlm.tokenizer.bpe import BPETokenizer, Pair
 from scratchlm.tokenizer.gpt2_format import (
     byte_level_merges,
@@ -61,7 +62,6 @@ from scratchlm.tokenizer.gpt2_format import (
 )
 from scratchlm.tokenizer.patterns import NAMED_PATTERNS, R50K_SPLIT_PATTERN
 from scratchlm.tokenizer.regex_dialects import from_oniguruma, to_oniguruma
-from scratchlm.user_files import read_json
 
 # Text that exercises every part of the split patterns in use: contractions in both cases,
 # digit runs, CamelCase, runs of spaces, tabs and newlines, CRLF, punctuation before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import regex
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 # GPT-2: English contractions, then runs of letters / digits / other symbols, each with an
 # optional leading space, then whitespace (the lookahead leaves the last space for the next word).

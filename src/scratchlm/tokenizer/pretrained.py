@@ -19,9 +19,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchlm.atomic_files import atomic_write_bytes
-from scratchlm.data.cache import cache_dir
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_bytes
+from scratchlm.core.cache import cache_dir
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import EOT_TOKEN, BPETokenizer
 from scratchlm.tokenizer.patterns import (
     CL100K_SPLIT_PATTERN,

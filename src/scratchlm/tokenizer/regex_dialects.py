@@ -32,7 +32,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 # Inline flags. Python's "s" (dot matches newline) is Oniguruma's "m"; "i" and "x" agree.
 _FLAGS_TO_ONIG = {"i": "i", "x": "x", "s": "m"}

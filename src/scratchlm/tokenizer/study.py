@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic_files import atomic_path, atomic_write_text
+from scratchlm.core.atomic_files import atomic_path, atomic_write_text
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.prepare import split_documents
-from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import EOT_TOKEN, BPETokenizer
 from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN
 

@@ -16,8 +16,8 @@ import gzip
 import os
 from pathlib import Path
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer, Pair
 
 

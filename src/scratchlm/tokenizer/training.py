@@ -52,7 +52,7 @@ from pathlib import Path
 import regex
 from tqdm import tqdm
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import (
     EOT_TOKEN,
     BPETokenizer,

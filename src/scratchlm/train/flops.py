@@ -31,9 +31,9 @@ import time
 
 import torch
 
-from scratchlm.atomic_files import atomic_write_text
-from scratchlm.config import ModelConfig
-from scratchlm.data.cache import cache_dir
+from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.cache import cache_dir
+from scratchlm.model.config import ModelConfig
 
 PEAKS_FILE = "device_peaks.json"
 

@@ -20,21 +20,19 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from scratchlm.config import RunConfig, TrainConfig
+from scratchlm.core.devices import resolve_device
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.data.config import DataConfig
 from scratchlm.data.loader import TokenBatches
-from scratchlm.devices import autocast_context, resolve_device, resolve_dtype
-from scratchlm.errors import ScratchLMError
-from scratchlm.eval.perplexity import evaluate_loss, perplexity
 from scratchlm.model import GPT
-from scratchlm.run_dir import RunPaths
-from scratchlm.tokenizer import BPETokenizer
-from scratchlm.train.checkpoint import (
+from scratchlm.model.config import ModelConfig
+from scratchlm.runs.checkpoint import (
     TrainingState,
     check_run_matches,
     check_tokenizer_fingerprint,
@@ -44,15 +42,32 @@ from scratchlm.train.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
+from scratchlm.runs.layout import RunPaths
+from scratchlm.tokenizer import BPETokenizer
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.flops import flops_per_token, peak_flops, raise_peak
 from scratchlm.train.interrupt import StopRequest
 from scratchlm.train.metrics import MetricsLog, plot_learning_rate, plot_loss
 from scratchlm.train.optimizer import build_optimizer
+from scratchlm.train.precision import autocast_context, resolve_dtype
 from scratchlm.train.schedule import lr_factor_at
+from scratchlm.train.validation import evaluate_loss, perplexity
 
 # The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
 # tensor under this prefix.
 LOADER_PREFIX = "train_loader."
+
+
+class TrainableRun(Protocol):
+    """What training reads of a run's config (scratchlm.config.RunConfig has all of it)."""
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
 
 
 @dataclass
@@ -65,8 +80,8 @@ class TrainResult:
     seconds: float
 
 
-def train_model(config: RunConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Train the model of a prepared run directory (see run_dir.prepare_run)."""
+def train_model(config: TrainableRun, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train the model of a prepared run directory (see runs/preparation.py)."""
     paths = RunPaths(config.run_dir)
     tc = config.train
     accum = tc.accumulation_steps(config.model.block_size)

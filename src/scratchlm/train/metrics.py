@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic_files import atomic_path
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_path
+from scratchlm.core.errors import ScratchLMError
 
 
 class MetricsLog:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scratchlm.config import TrainConfig
+from scratchlm.train.config import TrainConfig
 
 
 class AdamW(torch.optim.Optimizer):

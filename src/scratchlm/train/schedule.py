@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from scratchlm.config import TrainConfig
+from scratchlm.train.config import TrainConfig
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:

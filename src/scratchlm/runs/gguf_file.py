@@ -27,7 +27,7 @@ Two details are easy to get wrong:
   [out, in], which is already PyTorch's nn.Linear layout, so no transpose is needed.
 
 The tokenizer is stored as metadata too (scratchlm.tokenizer.gguf_vocab reads and writes it);
-scratchlm.model.gguf_runs turns a file into a run directory and back.
+scratchlm.runs.gguf turns a file into a run directory and back.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from scratchlm.atomic_files import atomic_path
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_path
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.gguf_vocab import (
     add_tokenizer_metadata,
     check_ids_fit,
     tokenizer_from_metadata,
 )
-from scratchlm.user_files import read_bytes
+from scratchlm.core.user_files import read_bytes
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURE = "llama"

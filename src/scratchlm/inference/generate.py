@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 
-from scratchlm.batch_generation import BatchGenerator, crop_prompt
+from scratchlm.inference.engine import BatchGenerator, crop_prompt
+from scratchlm.inference.sampling import sample_next_token
 from scratchlm.model import GPT
-from scratchlm.sampling import sample_next_token
 
 __all__ = [
     "BatchGenerator",

@@ -13,30 +13,13 @@ bfloat16 activations.
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
 import torch
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.devices import cpu_has_native_bf16
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
-
-    PyTorch's CPU capability only says "AVX512" at best, not whether bf16 is in it, so the
-    feature flags are read from /proc/cpuinfo (Linux); without it, assume not.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
 
 
 def resolve_inference_dtype(

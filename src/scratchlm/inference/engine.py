@@ -19,9 +19,9 @@ from collections.abc import Collection, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.sampling import apply_repetition_penalty, check_sampling_args, sample_rows
 from scratchlm.model import GPT, KVCache
-from scratchlm.sampling import apply_repetition_penalty, check_sampling_args, sample_rows
 
 
 def crop_prompt(prompt_ids: list[int], block_size: int) -> tuple[list[int], int]:

@@ -1,4 +1,5 @@
-"""Which device to run on, and the mixed-precision context for it."""
+"""Training precision: train.dtype ("auto" resolved by device and model width) and the
+autocast context the training step runs in."""
 
 from __future__ import annotations
 
@@ -7,28 +8,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from scratchlm.errors import ScratchLMError
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ScratchLMError(
-            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ScratchLMError(f"device {name!r} asked for, but this machine has no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ScratchLMError(f"device {name!r} asked for, but MPS is not available here")
-    return device
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.train import flops
 
 
 def autocast_context(device: torch.device, dtype: str) -> AbstractContextManager[object]:
@@ -63,7 +44,6 @@ def resolve_dtype(device: torch.device, dtype: str, n_embd: int) -> str:
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if device.type != "cpu" or n_embd < CPU_BF16_MIN_WIDTH:
         return "float32"
-    from scratchlm.train.flops import peak_flops
-
-    fp32, bf16 = peak_flops(device, torch.float32), peak_flops(device, torch.bfloat16)
+    fp32 = flops.peak_flops(device, torch.float32)
+    bf16 = flops.peak_flops(device, torch.bfloat16)
     return "bfloat16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "float32"

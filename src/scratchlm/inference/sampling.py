@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 
 def check_sampling_args(

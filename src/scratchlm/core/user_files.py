@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 
 def read_bytes(path: str | os.PathLike[str], what: str = "file", size: int = -1) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.errors import ScratchLMError
 
 
 def render_chat(

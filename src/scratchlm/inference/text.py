@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from scratchlm.batch_generation import BatchGenerator, crop_prompt
-from scratchlm.config import SampleConfig
+from scratchlm.inference.config import SampleConfig
+from scratchlm.inference.engine import BatchGenerator, crop_prompt
+from scratchlm.inference.stop_strings import StopStringMatcher, check_stop_strings
 from scratchlm.model import GPT
-from scratchlm.stop_strings import StopStringMatcher, check_stop_strings
 from scratchlm.tokenizer import BPETokenizer
 
 

@@ -30,8 +30,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from scratchlm.atomic_files import atomic_write_text, fsync_dir
-from scratchlm.errors import ScratchLMError
+from scratchlm.core.atomic_files import atomic_write_text, fsync_dir
+from scratchlm.core.errors import ScratchLMError
 
 CHECKPOINT_FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
