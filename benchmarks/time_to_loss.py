@@ -18,7 +18,7 @@ positions 0-63, which it was trained on too). It is evaluated every --eval-every
 clock stops while it runs, so the times are training time only.
 
 Recipes (each run with scratchlm's own GPT, optimizers and schedules; every step is taken by
-train/loop.py's own functions, as `scratchlm train` takes it: forward and backward through
+train/step.py's own functions, as `scratchlm train` takes it: forward and backward through
 make_loss_fn / forward_backward, clip to 1.0 with clip_grad_norm, optimizer step; with
 train.compile the first step, which compiles, is reported apart and kept off the clock):
 
@@ -53,10 +53,10 @@ from scratchlm.data.sources import fetch_corpus
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.train.config import TrainConfig
-from scratchlm.train.loop import clip_grad_norm, forward_backward, make_loss_fn
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.precision import autocast_context
 from scratchlm.train.schedule import lr_factor_at
+from scratchlm.train.step import clip_grad_norm, forward_backward, make_loss_fn
 
 SEED = 1337
 EVAL_WINDOWS, EVAL_CONTEXT = 400, 64
@@ -201,7 +201,7 @@ def run(name: str, recipe: Recipe, data: CharData, steps_scale: float) -> RunLog
         factor = lr_factor_at(step, tc)
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base_lr * factor
-        # One optimizer step as scratchlm train takes it (train/loop.py's functions).
+        # One optimizer step as scratchlm train takes it (train/step.py's functions).
         forward_backward(loss_fn, next_batch, 1, autocast)
         clip_grad_norm(model, tc.grad_clip)
         optimizer.step()

@@ -7,7 +7,7 @@ Each configuration runs in a child process of its own (a fresh interpreter, so o
 memory cannot hide the next one's peak), which builds `model_preset("gpt2-124m")` at the given
 context, our AdamW (`build_optimizer`), and takes one fp32 training step on random tokens:
 forward, cross-entropy, backward, clip to 1.0, optimizer step, the loss computed as `scratchlm
-train` computes it (train/loop.py's make_loss_fn: the fused head + cross-entropy by default,
+train` computes it (train/step.py's make_loss_fn: the fused head + cross-entropy by default,
 `--unfused` for forward's plain logits and cross-entropy). It reports the process's peak
 resident set (VmHWM from /proc/self/status) at three points:
 
@@ -53,8 +53,8 @@ def child(
     from scratchlm.model import GPT
     from scratchlm.model.config import model_preset
     from scratchlm.train.config import TrainConfig
-    from scratchlm.train.loop import make_loss_fn
     from scratchlm.train.optimizer import build_optimizer
+    from scratchlm.train.step import make_loss_fn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

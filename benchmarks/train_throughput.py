@@ -13,7 +13,7 @@ One training step is forward, cross-entropy, backward, clip the gradient norm to
 optimizer step, zero_grad(set_to_none=True):
 
 - scratchlm: exactly what `scratchlm train` runs per optimizer step, through the loop's own
-  functions (train/loop.py: make_loss_fn, forward_backward, clip_grad_norm) and the optimizer
+  functions (train/step.py: make_loss_fn, forward_backward, clip_grad_norm) and the optimizer
   build_optimizer makes for train.optimizer = "adamw" (our foreach AdamW, decay on matrices
   only). --ours picks which train.* settings to time, each a contender of its own:
   "ours" (the defaults: train.fused_loss = true, the fused chunked head + cross-entropy),
@@ -55,8 +55,8 @@ from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.hf_format import gpt2_state_dict_from_gpt, model_config_to_gpt2_config
 from scratchlm.train.config import TrainConfig
-from scratchlm.train.loop import clip_grad_norm, forward_backward, make_loss_fn
 from scratchlm.train.optimizer import build_optimizer
+from scratchlm.train.step import clip_grad_norm, forward_backward, make_loss_fn
 
 MODEL = ModelConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384)
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
@@ -106,7 +106,7 @@ def build_hf(ours: GPT) -> torch.nn.Module:
 
 
 def our_step(model: GPT, variant: dict[str, Any], autocast: Any) -> Step:
-    """One optimizer step exactly as `scratchlm train` takes it (train/loop.py's functions)."""
+    """One optimizer step exactly as `scratchlm train` takes it (train/step.py's functions)."""
     tc = TrainConfig(
         learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], weight_decay=WEIGHT_DECAY,
         grad_clip=CLIP, **variant,

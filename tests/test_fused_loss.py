@@ -13,7 +13,7 @@ from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.fused_loss import chunk_rows, linear_cross_entropy
 from scratchlm.train.config import TrainConfig
-from scratchlm.train.loop import forward_backward, make_loss_fn
+from scratchlm.train.step import forward_backward, make_loss_fn
 
 
 def tiny_gpt(**overrides: Any) -> GPT:

@@ -22,10 +22,11 @@ from scratchlm.runs.checkpoint import (
 )
 from scratchlm.runs.loading import load_trained_model
 from scratchlm.runs.preparation import prepare_run
+from scratchlm.train.adamw import AdamW
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.loop import train_model
 from scratchlm.train.metrics import read_metrics
-from scratchlm.train.optimizer import AdamW, build_optimizer
+from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.schedule import learning_rate_at
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,6 +42,9 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2  # keep this many recent checkpoints ...
     keep_best: bool = True  # ... and the one with the best validation loss
+    # Start from another run's weights (its directory, or one checkpoint folder of it) rather
+    # than random ones: step 0, a fresh optimizer, the same model shape. "": random weights.
+    init_from: str = ""
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     # Autocast precision for matmuls; "auto" picks by device and model width (devices.py).

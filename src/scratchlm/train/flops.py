@@ -70,7 +70,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, budget_s: float
     """The best matmul rate (FLOP/s) seen within about budget_s seconds.
 
     Sizes grow from 256 while a single matmul stays fast, so a slow path (bf16 on a CPU without
-    bf16 instructions runs ~50x slower than fp32) cannot make the measurement take minutes.
+    bf16 instructions is many times slower than fp32) cannot make the measurement take minutes.
     Each size is run once untimed first: the first matmul also starts the thread pool.
     """
     best = 0.0
@@ -117,10 +117,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 def raise_peak(device: torch.device, dtype: torch.dtype, achieved: float) -> float:
     """The peak, raised to `achieved` FLOP/s (and cached) if training just ran faster than it.
 
-    A measurement taken while other processes held the cores can come out far too low (on a
-    busy 2-core machine, 1 GFLOP/s for a chip that does 40), and a cached peak would then make
-    every later MFU nonsense (over 100%). What a training step achieved is a true lower bound
-    of what the device can do, so it corrects the cache for good.
+    A measurement taken while other processes held the cores can come out far too low, and a
+    cached peak would then make every later MFU nonsense (over 100%). What a training step
+    achieved is a true lower bound of what the device can do, so it corrects the cache for good.
     """
     peaks = _read_peaks()
     key = device_key(device, dtype)

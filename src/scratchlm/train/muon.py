@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scratchlm.train.optimizer import adamw_update
+from scratchlm.train.adamw import adamw_update
 
 # The quintic's coefficients: a is the slope at 0 (large, so tiny singular values grow fast);
 # b and c bring p(1) to about 0.7 and keep p(s) in [0.7, 1.2] on the iterates.

@@ -22,13 +22,10 @@ def autocast_context(device: torch.device, dtype: str) -> AbstractContextManager
 
 
 # Below this width, "auto" trains in float32 on a CPU even where bf16 matmuls are fast: the
-# matmuls of a narrow model are too small for bf16's speed to outweigh autocast's casts.
-# Measured (tok/s of a train step, 4 layers, context 128, batch 16, 1 thread) on this project's
-# 2-core AMD EPYC, whose cores lack bf16 instructions (torch CPU capability AVX2): bf16 lost at
-# every width, 6x slower at width 32 and 20x at 128-192 (bf16 matmul 0.6 GFLOP/s against 33
-# for fp32), so there is no crossover and "auto" must also ask the measured peaks (below).
-# The threshold of 256 follows the DESIGN note of an AMX CPU where a 384-wide GPT trains 2x
-# faster in bf16; it is not measured on such a CPU here.
+# matmuls of a narrow model are too small for bf16's speed to outweigh autocast's casts. On a
+# CPU without bf16 instructions bf16 loses at every width, so "auto" also asks the measured
+# peaks (below). The threshold follows the DESIGN note of an AMX CPU where a 384-wide GPT
+# trains faster in bf16.
 CPU_BF16_MIN_WIDTH = 256
 # bf16 must be at least this much faster in measured matmul peak to be worth autocasting.
 BF16_MIN_SPEEDUP = 1.5

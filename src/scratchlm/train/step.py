@@ -1,0 +1,65 @@
+"""One training step's parts: the loss function, forward and backward over accumulated
+micro-batches, and gradient clipping (the loop and the benchmarks share them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor
+
+from scratchlm.model import GPT
+from scratchlm.train.config import TrainConfig
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
+    """(x, y) -> the mean loss of one micro-batch, as training computes it: the fused,
+    chunked head and cross-entropy (train.fused_loss) or forward's, torch.compile'd with
+    train.compile (compiled on the first call; the loop reports that step's time apart)."""
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        if tc.fused_loss:
+            return model.training_loss(x, y)
+        _, loss = model(x, y)
+        assert loss is not None
+        return loss
+
+    return torch.compile(loss_fn) if tc.compile else loss_fn
+
+
+def forward_backward(
+    loss_fn: LossFn,
+    next_batch: Callable[[], tuple[Tensor, Tensor]],
+    accum: int,
+    autocast: AbstractContextManager[object],
+) -> float:
+    """Forward and backward passes of `accum` micro-batches, gradients summed into .grad;
+    returns the mean loss over them."""
+    loss_sum = 0.0
+    for _ in range(accum):
+        x, y = next_batch()
+        with autocast:
+            loss = loss_fn(x, y)
+        # Each micro-batch contributes its share of the mean over the whole step.
+        (loss / accum).backward()
+        loss_sum += float(loss.detach())
+    return loss_sum / accum
+
+
+def clip_grad_norm(model: torch.nn.Module, clip: float) -> float:
+    """The global gradient norm (inf or nan if any gradient is), clipped to `clip` when > 0."""
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def set_learning_rates(
+    optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float
+) -> None:
+    """Every param group at `factor` times its own peak rate (the schedule's shape)."""
+    for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base_lr * factor
