@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scratchlm.core.document_split import Split
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_files import read_json
 from scratchlm.data.prepare import prepared_shards
-from scratchlm.data.split import Split
 from scratchlm.tokenizer import BPETokenizer
 
 TOKEN_ROLES_FILE = "token_roles.json"

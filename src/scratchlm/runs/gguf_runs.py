@@ -22,7 +22,6 @@ from scratchlm.runs.layout import RunPaths, token_role_ids
 from scratchlm.runs.loading import load_trained_model
 
 
-
 def import_gguf_run(
     path: str | os.PathLike[str], run_dir: str | os.PathLike[str], overwrite: bool = False
 ) -> GPT:
