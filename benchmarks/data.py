@@ -37,7 +37,8 @@ from typing import Any
 from corpus_sample import sample_documents
 from machine import cpu_description, load_average
 
-from scratchlm.data.prepare import TextEncoder, available_cores, prepare_shards
+from scratchlm.core.workers import available_cores
+from scratchlm.data.prepare import TextEncoder, prepare_shards
 from scratchlm.tokenizer.bpe import EOT_TOKEN
 from scratchlm.tokenizer.patterns import R50K_SPLIT_PATTERN
 from scratchlm.tokenizer.pretrained import fetch_rank_file, load_pretrained

@@ -36,8 +36,8 @@ from typing import Any
 from corpus_sample import CORPORA, sample_documents
 from machine import cpu_description, load_average
 
+from scratchlm.core.document_split import split_documents
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.data.prepare import split_documents
 from scratchlm.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer
 
 EOT = "<|endoftext|>"

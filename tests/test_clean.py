@@ -71,7 +71,7 @@ def test_normalise_text_exact_cases(raw: str, expected: str) -> None:
 
 def test_normalise_options() -> None:
     assert normalise_text("a\n\n\n\nb", CleanConfig(max_blank_lines=0)) == "a\nb"
-    assert normalise_text("Cafe\u0301", CleanConfig(unicode_form=None)) == "Cafe\u0301"
+    assert normalise_text("Cafe\u0301", CleanConfig(unicode_form="none")) == "Cafe\u0301"
     assert normalise_text("ﬁ ①", CleanConfig(unicode_form="NFKC")) == "fi 1"
 
 

@@ -98,3 +98,16 @@ def test_presets() -> None:
         model_preset("gpt5")
     # The defaults are GPT-2 124M; the preset only adds its name.
     assert RunConfig().model == model_preset("gpt2-124m", preset="")
+
+
+def test_clean_section_has_every_cleaning_threshold_with_its_default() -> None:
+    # One definition of the thresholds: [clean] offers each of data.clean's CleanConfig fields
+    # under the same name, and its defaults give CleanConfig's defaults.
+    import dataclasses
+
+    from scratchlm.data.clean import CleanConfig
+    from scratchlm.data.config import CleaningConfig
+
+    section = {f.name for f in dataclasses.fields(CleaningConfig)}
+    assert {f.name for f in dataclasses.fields(CleanConfig)} <= section
+    assert CleaningConfig().clean_config() == CleanConfig()

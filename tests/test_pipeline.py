@@ -273,7 +273,10 @@ def test_nothing_left_names_the_rule_and_keeps_the_old_output(
         (["--dedup.treshold", "0.5"], ["did you mean dedup.threshold?"]),
         (["--clean.skip", "stopwords"], ["unknown rules ['stopwords']", "stop_words"]),
         (["--dedup.threshold", "1.5"], ["dedup.threshold must be in (0, 1)"]),
-        (["--model.n_layer", "3"], ["takes only --clean.* and --dedup.* keys", "--model.n_layer"]),
+        (
+            ["--model.n_layer", "3"],
+            ["takes only --clean.*, --data.* and --dedup.* keys", "--model.n_layer"],
+        ),
         (["--clean.max_top_ngram_char_fraction", "0.2,0.2"], ["takes 3 numbers"]),
     ],
     ids=["typo", "dedup-typo", "unknown-rule", "bad-threshold", "other-section", "ngram-list"],

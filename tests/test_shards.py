@@ -13,18 +13,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scratchlm.config import load_config
+from scratchlm.core.document_split import DocumentSplit, split_documents, split_text
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.data import (
-    DocumentSplit,
-    TokenBatches,
     TokenShardWriter,
     open_shard,
     prepare_shards,
     prepared_shards,
-    split_documents,
 )
+from scratchlm.data.loader import TokenBatches
 from scratchlm.data.shards import HEADER_SIZE, MAGIC
-from scratchlm.data.split import split_text
 from scratchlm.tokenizer import BPETokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 from pydoc_data.topics import topics
@@ -30,8 +29,8 @@ from scratchlm.tokenizer import (
     resolve_pattern,
     training,
 )
+from scratchlm.tokenizer.bpe import train_bpe_from_files
 from scratchlm.tokenizer.patterns import NAMED_PATTERNS
-from scratchlm.tokenizer.training import train_bpe_from_files
 
 EOT = "<|endoftext|>"
 
@@ -377,10 +376,12 @@ def test_progress_bars_do_not_change_the_result(capsys: pytest.CaptureFixture[st
     assert quiet.merges == shown.merges == streamed.merges
 
 
-def test_special_tokens_in_training_text_are_boundaries() -> None:
+def test_special_tokens_in_training_text_are_boundaries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # Were EOT ordinary text, chunks like "<|", "endoftext" and ">ab" would be learned from.
-    with pytest.warns(UserWarning, match="ran out of pairs"):
-        tok = BPETokenizer.train(f"ab{EOT}" * 50, vocab_size=300)
+    tok = BPETokenizer.train(f"ab{EOT}" * 50, vocab_size=300)
+    assert "warning: the training text ran out of pairs" in capsys.readouterr().err
     assert tok.merges == {(97, 98): 256}
 
 
@@ -392,9 +393,11 @@ def test_vocab_size_counts_bytes_merges_and_specials() -> None:
     assert tok.eot_id == 298
 
 
-def test_running_out_of_pairs_gives_smaller_tokenizer_with_warning() -> None:
-    with pytest.warns(UserWarning, match="ran out of pairs"):
-        tok = BPETokenizer.train("abc", vocab_size=1000)
+def test_running_out_of_pairs_gives_smaller_tokenizer_with_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tok = BPETokenizer.train("abc", vocab_size=1000)
+    assert "warning: the training text ran out of pairs" in capsys.readouterr().err
     assert len(tok.merges) == 2
     assert tok.vocab_size == 256 + 2 + 1
     assert tok.eot_id == 258
@@ -407,13 +410,15 @@ def test_empty_training_text_is_rejected(text: str | list[str]) -> None:
         BPETokenizer.train(text, vocab_size=300)
 
 
-def test_too_small_vocab_is_rejected_naming_the_minimum() -> None:
+def test_too_small_vocab_is_rejected_naming_the_minimum(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(ScratchLMError, match="minimum is 257"):
         BPETokenizer.train("hello world", vocab_size=256)
     # Exactly the minimum is fine: no merges, just bytes and the special token.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        tok = BPETokenizer.train("hello world", vocab_size=257)
+    capsys.readouterr()
+    tok = BPETokenizer.train("hello world", vocab_size=257)
+    assert "warning" not in capsys.readouterr().err
     assert tok.merges == {} and tok.eot_id == 256
 
 
@@ -478,11 +483,11 @@ def test_round_trip_and_compression_on_real_text() -> None:
     assert len(ids) < len(sample.encode("utf-8")) / 2  # BPE actually compresses
 
 
-def test_encode_replays_training_merges() -> None:
+def test_encode_replays_training_merges(capsys: pytest.CaptureFixture[str]) -> None:
     # One chunk (the pattern does not split): l+o -> 256, 256+w -> 257, 257+257 -> 258 twice,
     # then (258, 257) beats (258, 258) on the tie -> 259, then 258+259 -> 260 is the whole text.
-    with pytest.warns(UserWarning, match="ran out of pairs"):
-        tok = BPETokenizer.train("lowlowlowlowlow", vocab_size=270, pattern=r"[\s\S]+")
+    tok = BPETokenizer.train("lowlowlowlowlow", vocab_size=270, pattern=r"[\s\S]+")
+    assert "ran out of pairs" in capsys.readouterr().err
     assert list(tok.merges) == [(108, 111), (256, 119), (257, 257), (258, 257), (258, 259)]
     assert tok.encode("lowlowlowlowlow") == [260]
     assert tok.encode("lowlow") == [258]
@@ -646,3 +651,18 @@ def test_load_minimal_valid_file(tmp_path: Path) -> None:
     assert tok.pattern == GPT2_SPLIT_PATTERN
     assert tok.encode("aaa") == [256, 97]
     assert tok.vocab_size == 258
+
+
+def test_tokenizer_train_reads_what_data_prepare_reads(tmp_path: Path) -> None:
+    # One reader for every command: a compressed JSONL file that `data prepare` accepts trains
+    # a tokenizer too.
+    import zstandard
+
+    from scratchlm.cli import main
+
+    lines = [json.dumps({"text": corpus_text("kjv", 2_000)[i::3]}) for i in range(3)]
+    source = tmp_path / "x.jsonl.zst"
+    source.write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode()))
+    out = tmp_path / "t.json"
+    assert main(["tokenizer", "train", str(source), "--vocab-size", "300", "--out", str(out)]) == 0
+    assert BPETokenizer.load(out).vocab_size == 300

@@ -31,13 +31,32 @@ def read_bytes(path: str | os.PathLike[str], what: str = "file", size: int = -1)
 
 def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
     """The UTF-8 text of `path`, line ends as they are; read_bytes' errors, and not UTF-8."""
-    data = read_bytes(path, what)
+    return decode_utf8(read_bytes(path, what), f"{what} {path}")
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """`data` as strict UTF-8; bytes that are not UTF-8 are one ScratchLMError saying `where`
+    (a file's role and path, "standard input"), the byte, its offset and its line."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ScratchLMError(
-            f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})"
-        ) from None
+        raise not_utf8_error(where, data, e.start) from None
+
+
+def not_utf8_error(
+    where: str, data: bytes, offset: int, bytes_before: int = 0, lines_before: int = 0
+) -> ScratchLMError:
+    """The one message for text that is not UTF-8: the byte at `offset` of `data` is bad.
+
+    `bytes_before` and `lines_before` count what came before `data`, for text read a block
+    at a time.
+    """
+    line = lines_before + data.count(b"\n", 0, offset) + 1
+    return ScratchLMError(
+        f"{where}: not UTF-8 text: byte 0x{data[offset]:02x} at byte offset "
+        f"{bytes_before + offset} "
+        f"(line {line}); convert it to UTF-8, e.g. with iconv -f latin1 -t utf-8"
+    )
 
 
 def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:

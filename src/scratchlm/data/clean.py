@@ -41,19 +41,24 @@ from scratchlm.data.removals import RemovalReport, utf8_len
 # Configuration
 # ---------------------------------------------------------------------------------------------
 
-UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD"]
+# "none" leaves code points as they are (the TOML spelling, so the [clean] section can be this).
+UnicodeForm = Literal["NFC", "NFD", "NFKC", "NFKD", "none"]
+TOP_NGRAM_SIZES = (2, 3, 4)  # the n of max_top_ngram_char_fraction's limits, in order
+DUPLICATE_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)  # the n of max_duplicate_ngram_char_fraction's
 
 
-@dataclass(frozen=True)
+@dataclass
 class CleanConfig:
     """How to normalise, and the range each quality rule allows (defaults: Gopher's).
 
+    The one definition of the cleaning thresholds: the run config's [clean] section
+    (data/config.py) is this plus its on/off switches, so every field is spelled as in TOML.
     A rule is switched off by naming it in `skip` (see `rule_names()` for the names).
     """
 
     # Normalisation.
     # NFC composes without changing meaning; NFKC would also fold "ﬁ" to "fi" and "²" to "2".
-    unicode_form: UnicodeForm | None = "NFC"  # None leaves code points as they are
+    unicode_form: UnicodeForm = "NFC"
     max_blank_lines: int = 2  # longer runs of empty lines are cut to this many
 
     # Length and shape of the words.
@@ -76,25 +81,38 @@ class CleanConfig:
     max_duplicate_paragraph_fraction: float = 0.30
     max_duplicate_line_char_fraction: float = 0.20
     max_duplicate_paragraph_char_fraction: float = 0.20
-    # Share of the characters (in words) taken by the most frequent n-gram, n = 2, 3, 4.
-    max_top_ngram_char_fraction: dict[int, float] = field(
-        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
-    )
-    # Share of the characters (in words) inside n-grams seen earlier in the document.
-    max_duplicate_ngram_char_fraction: dict[int, float] = field(
-        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    # Share of the characters (in words) taken by the most frequent n-gram, for each n in
+    # TOP_NGRAM_SIZES.
+    max_top_ngram_char_fraction: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
+    # Share of the characters (in words) inside n-grams seen earlier in the document, for each
+    # n in DUPLICATE_NGRAM_SIZES.
+    max_duplicate_ngram_char_fraction: list[float] = field(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
     )
 
-    skip: tuple[str, ...] = ()  # names of rules not to apply
+    skip: list[str] = field(default_factory=list)  # names of rules not to apply
 
     def __post_init__(self) -> None:
-        if self.unicode_form is not None and self.unicode_form not in get_args(UnicodeForm):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.unicode_form not in get_args(UnicodeForm):
             raise ScratchLMError(
                 "clean.unicode_form must be NFC, NFD, NFKC, NFKD or none, "
                 f"got {self.unicode_form!r}"
             )
         if self.max_blank_lines < 0:
             raise ScratchLMError(f"clean.max_blank_lines must be >= 0, got {self.max_blank_lines}")
+        for name, sizes in (
+            ("max_top_ngram_char_fraction", TOP_NGRAM_SIZES),
+            ("max_duplicate_ngram_char_fraction", DUPLICATE_NGRAM_SIZES),
+        ):
+            limits = getattr(self, name)
+            if len(limits) != len(sizes):
+                raise ScratchLMError(
+                    f"clean.{name} takes {len(sizes)} numbers, one for each n in "
+                    f"{', '.join(map(str, sizes))}; got {len(limits)}"
+                )
         known = [rule.name for rule in rules(self)]
         unknown = [name for name in self.skip if name not in known]
         if unknown:
@@ -135,8 +153,9 @@ def normalise_text(text: str, config: CleanConfig | None = None) -> str:
     if not ascii or any(c in text for c in _ASCII_LINE_BREAKS):
         text = _LINE_BREAK.sub("\n", text)
     text = _INVISIBLE.sub("", text)
-    if config.unicode_form and not unicodedata.is_normalized(config.unicode_form, text):
-        text = unicodedata.normalize(config.unicode_form, text)
+    form = config.unicode_form
+    if form != "none" and not unicodedata.is_normalized(form, text):
+        text = unicodedata.normalize(form, text)
     text = _TRAILING_SPACE.sub("", text)
     # n blank lines in a row are n + 1 newlines in a row.
     keep = config.max_blank_lines + 1
@@ -430,9 +449,9 @@ def rules(config: CleanConfig) -> list[Rule]:
         ),
     ]
     # partial binds each n now; a plain lambda would see the loop's last n.
-    for n, limit in sorted(c.max_top_ngram_char_fraction.items()):
+    for n, limit in zip(TOP_NGRAM_SIZES, c.max_top_ngram_char_fraction, strict=True):
         listed.append(Rule(f"top_{n}gram_chars", partial(top_ngram_char_fraction, n=n), high=limit))
-    for n, limit in sorted(c.max_duplicate_ngram_char_fraction.items()):
+    for n, limit in zip(DUPLICATE_NGRAM_SIZES, c.max_duplicate_ngram_char_fraction, strict=True):
         listed.append(
             Rule(
                 f"duplicate_{n}gram_chars",

@@ -16,7 +16,6 @@ import dataclasses
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from scratchlm.core.atomic_files import fsync_dir, staging_folder
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.messages import warn
 from scratchlm.data.pipeline import CleanCorpus, PipelineSettings, run_pipeline
 from scratchlm.data.prepare import TextEncoder, prepare_shards
 from scratchlm.data.report import REPORT_FILES, build_report, write_report
@@ -33,10 +33,6 @@ from scratchlm.data.sources import CORPORA
 WORK = ".work"  # the pipeline's spill, inside the staging folder
 # Files a preparation writes; an earlier preparation's that the new one lacks are removed.
 _OURS = re.compile(r"(train|val)(_\d+)?\.bin|meta\.json|" + "|".join(map(re.escape, REPORT_FILES)))
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def prepare_dataset(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -473,17 +472,6 @@ class LineDocumentCounts:
         self._keys, inverse = np.unique(keys, return_inverse=True)
         self._counts = np.bincount(inverse.reshape(-1), weights=weights).astype(np.int64)
         self._pending, self._pending_size = [], 0
-
-
-def count_line_documents(
-    documents: Iterable[Document], config: RepeatedLineConfig | None = None
-) -> Counter[int]:
-    """For each line key, the number of documents it occurs in (once per document)."""
-    config = config or RepeatedLineConfig()
-    counts: Counter[int] = Counter()
-    for document in documents:
-        counts.update(document_line_keys(document.text, config.min_chars).tolist())
-    return counts
 
 
 def boilerplate_lines(

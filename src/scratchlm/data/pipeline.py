@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
+from scratchlm.core.messages import progress
+from scratchlm.core.workers import Workers, available_cores
 from scratchlm.data.clean import EMPTY, NORMALISED, CleanConfig, clean_documents, rule_names
 from scratchlm.data.dedup import (
     EXACT_DUPLICATE,
@@ -52,7 +53,7 @@ from scratchlm.data.dedup import (
     strip_repeated_lines,
 )
 from scratchlm.data.minhash import MinHasher, Signature, shingle_hashes
-from scratchlm.data.parallel import BATCH_CHARS, Workers, batched_documents
+from scratchlm.data.parallel import BATCH_CHARS, batched_documents
 from scratchlm.data.readers import COMPRESSION_SUFFIXES, STDIN, Document, DocumentReader, ReadStats
 from scratchlm.data.removals import RemovalReport, utf8_len
 from scratchlm.data.spill import SpilledDocuments, SpillWriter
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
 SPILL_NAME = "documents.jsonl.zst"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-STAGES = ("clean", "exact_dedup", "repeated_lines", "near_dedup")
 
 
 @dataclass
@@ -183,8 +183,6 @@ class CleanCorpus:
 
 def run_pipeline(settings: PipelineSettings, work_dir: Path) -> CleanCorpus:
     """Read, clean and deduplicate; the spill file goes into `work_dir` (created)."""
-    from scratchlm.data.prepare import available_cores
-
     work_dir.mkdir(parents=True, exist_ok=True)
     with Workers(settings.workers or available_cores()) as workers:
         return _run_passes(settings, work_dir / SPILL_NAME, workers)
@@ -222,12 +220,12 @@ def _run_passes(settings: PipelineSettings, spill: Path, workers: Workers) -> Cl
         settings.exact,
         settings.lines.min_chars if settings.lines is not None else 0,
     )
-    bar = tqdm(
+    bar = progress(
         total=_input_bytes(reader),
         desc="reading, cleaning",
         unit="B",
+        enabled=settings.progress,
         unit_scale=True,
-        disable=not settings.progress,
     )
     with bar, SpillWriter(spill) as writer:
         for batch in workers.map(work, batched_documents(reader, settings.batch_chars)):
@@ -275,12 +273,12 @@ def _run_passes(settings: PipelineSettings, spill: Path, workers: Workers) -> Cl
         kept: array[int] = array("Q")
         position = 0  # documents of the spill read so far
         work2 = partial(_second_pass_batch, settings.lines, boilerplate, settings.near)
-        bar = tqdm(
+        bar = progress(
             total=sum(spilled),
             desc="deduplicating",
             unit="B",
+            enabled=settings.progress,
             unit_scale=True,
-            disable=not settings.progress,
         )
         with bar:
             batches = batched_documents(SpilledDocuments(spill), settings.batch_chars)

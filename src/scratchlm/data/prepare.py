@@ -19,13 +19,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
 from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.document_split import DocumentSplit, Split
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.messages import progress as progress_bar
+from scratchlm.core.workers import available_cores
 from scratchlm.data.shards import DEFAULT_SHARD_TOKENS, TokenShardWriter, token_dtype
-from scratchlm.data.split import DocumentSplit, Split
-from scratchlm.data.split import split_documents as split_documents  # re-exported
 
 FORMAT = "scratchlm-token-shards"
 FORMAT_VERSION = 1
@@ -47,13 +46,6 @@ class TextEncoder(Protocol):
     def eot_id(self) -> int: ...
 
     def encode_batch(self, texts: Sequence[str], *, num_threads: int) -> list[list[int]]: ...
-
-
-def available_cores() -> int:
-    """The cores this process may run on (fewer than the machine's under a CPU limit)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def prepare_shards(
@@ -90,7 +82,7 @@ def prepare_shards(
             for split in SPLITS
         }
         bar = stack.enter_context(
-            tqdm(total=count, desc="tokenizing", unit="doc", disable=not progress)
+            progress_bar(total=count, desc="tokenizing", unit="doc", enabled=progress)
         )
         batch: list[tuple[Split, str]] = []
         batch_size = 0

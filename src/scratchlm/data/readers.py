@@ -10,7 +10,12 @@ A source is one of:
   a folder         searched recursively for files of those kinds (hidden ones skipped), sorted
                    by path, optionally narrowed by `include` / `exclude` glob patterns.
 
-Messy input never stops the run: bytes that are not UTF-8 become U+FFFD and are counted, a
+This is the one reader of the corpora users name: `data prepare` reads through it, and so do
+`tokenizer train` and `tokenizer study` (through scratchlm.data.documents, with strict=True:
+bytes that are not UTF-8 are an error naming them, and \r\n and \r read as \n, so a file
+read whole gives the text training reads from it a block at a time).
+
+Otherwise messy input never stops the run: bytes that are not UTF-8 become U+FFFD and are counted, a
 JSONL line that is not JSON (or lacks the field) is skipped and its line number recorded, a file
 that cannot be read (or a Parquet file without the column) is skipped and named. `ReadStats`
 holds those counts for the data report; `ReadStats.problems()` says them in plain lines.
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_files import decode_utf8
 from scratchlm.data.sources import CORPORA, corpus_names, fetch_corpus
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -108,6 +114,7 @@ class DocumentReader:
         exclude: Sequence[str] = (),
         text_field: str = "text",
         stdin_format: Literal["text", "jsonl"] = "text",
+        strict: bool = False,
     ) -> None:
         if isinstance(sources, str):
             sources = [sources]
@@ -118,6 +125,7 @@ class DocumentReader:
         self.exclude = list(exclude)
         self.text_field = text_field
         self.stdin_format = stdin_format
+        self.strict = strict
         self.stats = ReadStats()
         self._stdin_used = False
 
@@ -155,8 +163,10 @@ class DocumentReader:
             if not files:
                 narrowed = f" matching {self.include}" if self.include else ""
                 raise ScratchLMError(
-                    f"folder {path} has no text, JSONL or Parquet files{narrowed} "
-                    "(searched recursively); check the path and the --include patterns"
+                    f"folder {path} has no text, JSONL or Parquet files{narrowed} ("
+                    f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES)}, maybe "
+                    ".gz or .zst; searched recursively); check the path and the --include "
+                    "patterns"
                 )
             return files
         raise ScratchLMError(
@@ -250,6 +260,9 @@ class DocumentReader:
                 row += 1
 
     def _decode(self, data: bytes, where: str) -> str:
+        if self.strict:
+            text = decode_utf8(data, where).removeprefix("\ufeff")
+            return text.replace("\r\n", "\n").replace("\r", "\n")
         text = data.decode("utf-8", errors="surrogateescape")
         if not text.isascii():
             bad = len(_ESCAPED_BYTE.findall(text))

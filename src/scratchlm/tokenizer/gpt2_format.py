@@ -177,11 +177,6 @@ def read_gpt2_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
     return data
 
 
-def read_gpt2_merges(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Read vocab.bpe / merges.txt: an optional "#version" line, then one "a b" per line."""
-    return _read_merges(Path(path))[0]
-
-
 def load_gpt2_files(
     vocab_path: str | os.PathLike[str],
     merges_path: str | os.PathLike[str],

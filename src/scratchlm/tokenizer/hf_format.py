@@ -54,7 +54,8 @@ import regex
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_files import read_json
-from scratchlm.tokenizer.bpe import BPETokenizer, Pair
+from scratchlm.tokenizer.bpe import BPETokenizer
+from scratchlm.tokenizer.chunks import Pair, merge_pair
 from scratchlm.tokenizer.gpt2_format import (
     byte_level_merges,
     byte_level_vocab,
@@ -420,26 +421,13 @@ def _check_ignore_merges_is_moot(tokenizer: BPETokenizer) -> None:
                     best, best_id = pair, new_id
             if best is None:
                 break
-            ids = _merge(ids, best, best_id)
+            ids = merge_pair(ids, best, best_id)
         if ids != [token_id]:
             raise ScratchLMError(
                 f'"model.ignore_merges" is true, and the merges turn token {token_id} '
                 f"({vocab[token_id]!r}) into {ids} rather than itself, so tokenizers and "
                 "scratchlm would encode that text differently"
             )
-
-
-def _merge(ids: list[int], pair: Pair, new_id: int) -> list[int]:
-    out: list[int] = []
-    i = 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 def _kind(value: Any) -> str:

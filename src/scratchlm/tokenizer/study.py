@@ -10,7 +10,6 @@ documents it never saw, so both sides of the trade-off are in one table and one 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.core.atomic_files import atomic_path, atomic_write_text
+from scratchlm.core.document_split import split_documents
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.data.prepare import split_documents
+from scratchlm.core.messages import status
 from scratchlm.tokenizer.bpe import EOT_TOKEN, BPETokenizer
 from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN
 
@@ -98,7 +98,7 @@ def study_vocab_sizes(
     rows = []
     for number, size in enumerate(sorted(sizes), start=1):
         if progress:
-            print(f"vocabulary {size:,} ({number}/{len(sizes)})", file=sys.stderr, flush=True)
+            status(f"vocabulary {size:,} ({number}/{len(sizes)})")
         start = time.perf_counter()
         tokenizer = BPETokenizer.train(
             train, size, pattern=pattern, special_tokens=[EOT_TOKEN], progress=progress

@@ -1,11 +1,6 @@
 """tiktoken's rank files: one token per line, "<base64 of its bytes> <rank>", ranks 0, 1, 2, ...
 
-A rank file lists tokens, not merges. tiktoken encodes by repeatedly joining the adjacent pair
-whose joined bytes has the lowest rank, so the merge that made a token can be recovered: run
-that same procedure on the token's bytes using only the tokens ranked below it, and the two
-parts it stops at are the pair. The rank doubles as our id, so the recovered merges encode
-exactly as tiktoken does. The 256 single bytes need not be ranks 0..255 in byte order (GPT-2's
-are shuffled), which is what `BPETokenizer.byte_ids` is for.
+A rank file lists tokens, not merges; scratchlm.tokenizer.ranks recovers the merges.
 """
 
 from __future__ import annotations
@@ -18,7 +13,8 @@ from pathlib import Path
 
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.tokenizer.bpe import BPETokenizer, Pair
+from scratchlm.tokenizer.bpe import BPETokenizer
+from scratchlm.tokenizer.ranks import ranks_of
 
 
 def read_tiktoken_ranks(path: str | os.PathLike[str]) -> dict[bytes, int]:
@@ -90,75 +86,13 @@ def format_tiktoken_ranks(ranks: dict[bytes, int]) -> str:
 
 def tokenizer_ranks(tokenizer: BPETokenizer) -> dict[bytes, int]:
     """The tokenizer's ordinary (non-special) tokens as bytes -> id; each bytes must be unique."""
-    specials = set(tokenizer.special_tokens.values())
-    ranks: dict[bytes, int] = {}
-    for token_id, token in sorted(tokenizer.vocab.items()):
-        if token_id in specials:
-            continue
-        if token in ranks:
-            raise ScratchLMError(
-                f"ids {ranks[token]} and {token_id} are both the bytes {token!r}; a rank file "
-                "(and tiktoken) needs every token to be distinct bytes"
-            )
-        ranks[token] = token_id
-    return ranks
+    return ranks_of(tokenizer.vocab, set(tokenizer.special_tokens.values()))
 
 
 def save_tiktoken_file(tokenizer: BPETokenizer, path: str | os.PathLike[str]) -> None:
     """Write the tokenizer's ordinary tokens as a rank file (specials and pattern are not part
     of the format: keep them alongside, or use a named loader that knows them)."""
     atomic_write_text(path, format_tiktoken_ranks(tokenizer_ranks(tokenizer)))
-
-
-def bpe_parts(ranks: dict[bytes, int], token: bytes, below: int) -> list[bytes]:
-    """tiktoken's procedure on `token` using only ranks below `below`: join the adjacent pair
-    whose joined bytes has the lowest rank (leftmost on a tie) until no pair is a token."""
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best_rank, best_at = below, -1
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < best_rank:
-                best_rank, best_at = rank, i
-        if best_at < 0:
-            break
-        parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
-    return parts
-
-
-def merges_from_ranks(ranks: dict[bytes, int]) -> tuple[list[int], dict[Pair, int]]:
-    """Recover (byte_ids, merges) from a rank table. Raises if it is not a BPE vocabulary."""
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise ScratchLMError(
-            f"the ranks have no token for {len(missing)} of the 256 single bytes "
-            f"(first: {bytes([missing[0]])!r}), so some text could not be encoded"
-        )
-    byte_ids = [ranks[bytes([b])] for b in range(256)]
-    merges: dict[Pair, int] = {}
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        if len(token) == 1:
-            continue
-        parts = bpe_parts(ranks, token, rank)
-        if len(parts) != 2:
-            raise ScratchLMError(
-                f"token {token!r} (rank {rank}) is not the merge of two tokens ranked below it "
-                f"(its bytes stop at {len(parts)} pieces), so these are not BPE ranks"
-            )
-        merges[(ranks[parts[0]], ranks[parts[1]])] = rank
-    return byte_ids, merges
-
-
-def from_tiktoken_ranks(
-    ranks: dict[bytes, int],
-    pattern: str,
-    special_tokens: dict[str, int] | None = None,
-) -> BPETokenizer:
-    """A tokenizer with tiktoken's ranks as ids, giving the same ids as tiktoken."""
-    byte_ids, merges = merges_from_ranks(ranks)
-    tokenizer = BPETokenizer(pattern, merges, special_tokens, byte_ids)
-    tokenizer._merges_match_ranks = True  # recovered from the ranks, so no need to re-check
-    return tokenizer
 
 
 def load_tiktoken_file(
@@ -170,6 +104,6 @@ def load_tiktoken_file(
     special tokens of the encoding it belongs to (or use scratchlm.tokenizer.pretrained)."""
     ranks = read_tiktoken_ranks(path)
     try:
-        return from_tiktoken_ranks(ranks, pattern, special_tokens)
+        return BPETokenizer.from_tiktoken_ranks(ranks, pattern, special_tokens)
     except ScratchLMError as e:
         raise ScratchLMError(f"rank file {path}: {e}") from None

@@ -1,7 +1,7 @@
 """Training a byte-level BPE tokenizer: count the chunks of the text, then learn the merges.
 
-`BPETokenizer.train` is the entry point; `train_bpe_from_files` trains on text files without
-reading them into memory. Training has two phases.
+`BPETokenizer.train` (scratchlm.tokenizer.bpe) is the entry point, and calls `learn_bpe` here;
+this module knows nothing of the tokenizer class. Training has two phases.
 
 1. Counting. The split regex cuts the text into chunks, and merges never cross a chunk boundary,
    so all that training needs from the text is how often each distinct chunk occurs. The text is
@@ -37,12 +37,10 @@ from __future__ import annotations
 import codecs
 import heapq
 import itertools
-import multiprocessing
 import os
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -53,22 +51,21 @@ import regex
 from tqdm import tqdm
 
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.tokenizer.bpe import (
+from scratchlm.core.messages import progress as progress_bar
+from scratchlm.core.messages import warn
+from scratchlm.core.user_files import not_utf8_error
+from scratchlm.core.workers import available_cores, spawn_pool
+from scratchlm.tokenizer.chunks import (
     EOT_TOKEN,
-    BPETokenizer,
     Pair,
-    _alternation,
-    _check_special_names,
-    _split,
-    _utf8,
+    alternation,
+    check_special_names,
+    is_named_pattern,
+    split_chunks,
+    utf8,
     valid_unicode,
 )
-from scratchlm.tokenizer.patterns import (
-    GPT4_SPLIT_PATTERN,
-    NAMED_PATTERNS,
-    compile_pattern,
-    resolve_pattern,
-)
+from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN, compile_pattern, resolve_pattern
 
 # One item of training text: a document, or the path of a UTF-8 text file (one document).
 Source = str | os.PathLike[str]
@@ -99,10 +96,14 @@ def learn_bpe(
     special_tokens: Sequence[str] = (EOT_TOKEN,),
     progress: bool = False,
     workers: int | None = None,
+    warn_if_short: bool = True,
 ) -> tuple[str, dict[Pair, int], dict[str, int]]:
-    """What `BPETokenizer.train` does (see there): (pattern, merges, special tokens)."""
+    """What `BPETokenizer.train` does (see there): (pattern, merges, special tokens).
+
+    `warn_if_short=False` is for callers that ask for more merges than the text has on purpose.
+    """
     pattern = resolve_pattern(pattern)
-    special_tokens = _check_special_names(special_tokens)
+    special_tokens = check_special_names(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ScratchLMError(f"vocab_size must be an integer, got {vocab_size!r}")
     minimum = 256 + len(special_tokens)
@@ -119,36 +120,14 @@ def learn_bpe(
     chunk_counts = count_chunks(text, pattern, special_tokens, progress, workers)
     wanted = vocab_size - minimum
     merges = learn_merges(chunk_counts, wanted, progress)
-    if len(merges) < wanted:
-        warnings.warn(
+    if len(merges) < wanted and warn_if_short:
+        warn(
             f"the training text ran out of pairs after {len(merges)} of {wanted} merges; "
-            f"the tokenizer has {minimum + len(merges)} tokens instead of {vocab_size}",
-            stacklevel=3,  # the caller of BPETokenizer.train
+            f"the tokenizer has {minimum + len(merges)} tokens instead of {vocab_size}"
         )
     first_special = 256 + len(merges)
     specials = {name: first_special + i for i, name in enumerate(special_tokens)}
     return pattern, merges, specials
-
-
-def train_bpe_from_files(
-    paths: Iterable[str | os.PathLike[str]],
-    vocab_size: int,
-    pattern: str = GPT4_SPLIT_PATTERN,
-    special_tokens: Sequence[str] = (EOT_TOKEN,),
-    progress: bool = False,
-    workers: int | None = None,
-) -> BPETokenizer:
-    """Train on UTF-8 text files, one document per file, reading each about 1 MB at a time.
-
-    The same tokenizer as training on the documents `scratchlm.data.documents.read_documents`
-    makes of the files (strict UTF-8, a leading byte-order mark dropped, \\r\\n and \\r read as
-    \\n, files of only whitespace skipped), without holding them in memory. The other
-    arguments are those of `BPETokenizer.train`.
-    """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    files = [Path(p) for p in paths]
-    return BPETokenizer.train(files, vocab_size, pattern, special_tokens, progress, workers)
 
 
 # --------------------------------------------------------------------------------- counting
@@ -170,18 +149,18 @@ def count_chunks(
     """
     pattern = resolve_pattern(pattern)
     if workers is None:
-        workers = _cores()
+        workers = available_cores()
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ScratchLMError(f"workers must be a positive integer, got {workers!r}")
     reader = _TextReader(text, pattern, tuple(special_tokens))
     total = reader.total_bytes() if progress else None
-    with tqdm(
+    with progress_bar(
         total=total,
         desc="counting chunks",
         unit="B",
+        enabled=progress,
         unit_scale=True,
         unit_divisor=1024,
-        disable=not progress,
     ) as bar:
         batches = _batches(iter(reader))
         if workers > 1:
@@ -208,7 +187,7 @@ def count_chunks(
             "training text is empty (or only whitespace); there is nothing to learn"
             + (f" in {_names(reader.files)}" if reader.files else "")
         )
-    return {_utf8(chunk): n for chunk, n in counts.items()}
+    return {utf8(chunk): n for chunk, n in counts.items()}
 
 
 @dataclass
@@ -237,7 +216,7 @@ def _count_pieces(
     splitter, separator = _compiled(pattern, special_tokens)
     # The named patterns match every character of any text; a custom one is checked, since
     # one that skips characters would make tokens that cannot give the text back.
-    split = splitter.findall if pattern in NAMED_PATTERNS.values() else partial(_split, splitter)
+    split = splitter.findall if is_named_pattern(pattern) else partial(split_chunks, splitter)
     for piece in pieces:
         # `in` is much faster than a regex search, and most text holds no special token.
         if separator and any(token in piece for token in special_tokens):
@@ -251,7 +230,7 @@ def _count_pieces(
 def _compiled(
     pattern: str, special_tokens: tuple[str, ...]
 ) -> tuple[regex.Pattern[str], regex.Pattern[str] | None]:
-    separator = _alternation(special_tokens, capture=False) if special_tokens else None
+    separator = alternation(special_tokens, capture=False) if special_tokens else None
     return compile_pattern(pattern), separator
 
 
@@ -288,8 +267,7 @@ def _count_in_workers(
         _count_pieces(counts, batch.pieces, pattern, special_tokens)
         bar.update(batch.bytes)
 
-    # "spawn": forking a process that runs threads (torch, tiktoken) is not safe.
-    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"))
+    pool = spawn_pool(workers - 1)
     started = pool.submit(os.getpid)  # done once a worker is up
     pending: dict[Future[Counter[str]], _Batch] = {}
 
@@ -324,20 +302,12 @@ def _count_in_workers(
         # A worker still starting up (when the text ran out first) is left to finish alone.
         pool.shutdown(wait=False, cancel_futures=True)
     if broken:
-        warnings.warn(
+        warn(
             "the worker processes that count chunks stopped, so this process counted alone "
             "(the result is the same). If the training script calls BPETokenizer.train at its "
-            'top level, put that under `if __name__ == "__main__":`, or pass workers=1.',
-            stacklevel=5,  # the caller of BPETokenizer.train
+            'top level, put that under `if __name__ == "__main__":`, or pass workers=1.'
         )
     return counts
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class _TextReader:
@@ -352,9 +322,9 @@ class _TextReader:
     ) -> None:
         self.sources: Iterable[Source] = [text] if isinstance(text, str | os.PathLike) else text
         # Only the named patterns are known to be safe to cut (see the module docstring).
-        self.cuttable = pattern in NAMED_PATTERNS.values()
+        self.cuttable = is_named_pattern(pattern)
         self.special_tokens = special_tokens
-        self.specials = _alternation(special_tokens, capture=False) if special_tokens else None
+        self.specials = alternation(special_tokens, capture=False) if special_tokens else None
         self.longest_special = max(map(len, special_tokens), default=0)
         self.has_text = False
         self.files: list[Path] = []  # the files read, to name them if they hold no text
@@ -482,7 +452,7 @@ def _utf8_size(text: str) -> int:
 def _read_text_blocks(path: Path) -> Iterator[tuple[str, int]]:
     """The text of a file, READ_BYTES at a time: (text, bytes read).
 
-    The same text as scratchlm.data.documents.read_text_file gives: strict UTF-8, no byte-order
+    The same text as scratchlm.data.documents.read_documents gives: strict UTF-8, no byte-order
     mark ("utf-8-sig" drops it), and \\r\\n and \\r read as \\n.
     """
     decoder = codecs.getincrementaldecoder("utf-8-sig")("strict")
@@ -496,11 +466,8 @@ def _read_text_blocks(path: Path) -> Iterator[tuple[str, int]]:
                 try:
                     text = hold + decoder.decode(block, final=final)
                 except UnicodeDecodeError as e:
-                    line = lines + block.count(b"\n", 0, max(e.start, 0)) + 1
-                    raise ScratchLMError(
-                        f"{path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} near byte offset "
-                        f"{offset + e.start} (line {line}); convert the file to UTF-8"
-                    ) from None
+                    bad = bytes(e.object)
+                    raise not_utf8_error(str(path), bad, e.start, offset, lines) from None
                 offset += len(block)
                 lines += block.count(b"\n")
                 hold = "\r" if text.endswith("\r") and not final else ""
@@ -561,7 +528,9 @@ def learn_merges(
     heapq.heapify(heap)
 
     merges: dict[str, str] = {}
-    with tqdm(total=num_merges, desc="learning merges", unit="merge", disable=not progress) as bar:
+    with progress_bar(
+        total=num_merges, desc="learning merges", unit="merge", enabled=progress
+    ) as bar:
         while len(merges) < num_merges and heap:
             neg_count, pair = heapq.heappop(heap)
             count = pair_counts.get(pair, 0)
@@ -606,7 +575,7 @@ def _apply_merge(
         previous_end = -1
         while at >= 0:
             # Written out rather than calling a helper: this loop is where training spends
-            # its time, and a call per neighbour makes it about 15% slower.
+            # its time, and a function call per neighbour adds a noticeable share to it.
             if at > 0:
                 left = new if at == previous_end else word[at - 1]
                 pair_counts[left + first] -= weight
