@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from scratchlm.inference.dtype import cast_for_inference, resolve_inference_dtype
-from scratchlm.inference.engine import BatchGenerator
+from scratchlm.inference.generate import generate_batch
 from scratchlm.model import GPT
 from scratchlm.model.hf_format import save_hf_model
 from scratchlm.runs.loading import load_trained_model
@@ -52,12 +52,7 @@ PROMPTS = [
 
 
 def ours_generate(model: GPT, prompts: list[list[int]], n: int) -> list[list[int]]:
-    engine = BatchGenerator(model, prompts, n, temperature=0.0)
-    out: list[list[int]] = [[] for _ in prompts]
-    for step in engine.steps():
-        for row, token in step:
-            out[row].append(token)
-    return out
+    return generate_batch(model, prompts, n, temperature=0.0)
 
 
 def hf_generate(hf: Any, prompts: list[list[int]], n: int, pad_id: int) -> list[list[int]]:

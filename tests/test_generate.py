@@ -339,8 +339,8 @@ def test_repetition_penalty_discourages_repeats() -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(repetition_penalty=0.0), "repetition penalty must be a number > 0"),
-        (dict(repetition_penalty=float("nan")), "repetition penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty must be a number > 0"),
+        (dict(repetition_penalty=float("nan")), "repetition_penalty"),
         (dict(temperature=-1.0), "temperature must be >= 0"),
         (dict(top_p=0.0), "top_p must be in"),
         (dict(max_new_tokens=[1]), "one per prompt"),

@@ -1,4 +1,4 @@
-"""Weight-only int8 / int4 quantisation for CPU decoding (model/quantize.py)."""
+"""Weight-only int8 / int4 quantisation for CPU decoding (inference/quantize.py)."""
 
 from __future__ import annotations
 

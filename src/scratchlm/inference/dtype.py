@@ -3,12 +3,11 @@
 Decoding one token reads every weight once, so bf16 weights halve the bytes read per token,
 and they are fast everywhere bf16 arithmetic is native: CUDA GPUs, and CPUs with AMX or
 AVX512-BF16. Elsewhere PyTorch emulates bf16: its matrix-vector products (a decode step) still
-run about 2x faster than float32, but the matrix-matrix products of a prompt's prefill run
-6-7x slower (this project's 2-core AVX2 machine; benchmarks/README.md), so "auto" keeps the
-more accurate float32 there and `--dtype bfloat16` is the choice for long generations from
-short prompts. With --quantize
-(model/quantize.py) "auto" is bfloat16 everywhere: the int8/int4 kernels are fast only with
-bfloat16 activations.
+run faster than float32, but the matrix-matrix products of a prompt's prefill run several times
+slower (benchmarks/inference.py measures both), so "auto" keeps the more accurate float32
+there and `--dtype bfloat16` is the choice for long generations from short prompts. With
+--quantize (quantize.py) "auto" is bfloat16 everywhere: the int8/int4 kernels are fast only
+with bfloat16 activations.
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ when the longest row is full, so past that point a shorter row may differ from i
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.inference.sampling import apply_repetition_penalty, check_sampling_args, sample_rows
+from scratchlm.inference.config import Sampling
+from scratchlm.inference.sampling import apply_repetition_penalty, sample_rows
 from scratchlm.model import GPT, KVCache
 
 
@@ -35,26 +37,34 @@ def crop_prompt(prompt_ids: list[int], block_size: int) -> tuple[list[int], int]
     return list(prompt_ids[dropped:]), dropped
 
 
+class NewToken(NamedTuple):
+    """One row's token from one decoding step."""
+
+    row: int
+    token: int
+    # log p(token) under the model: the log-softmax, in float32, of the logits the sampler
+    # saw *before* temperature, top-k and top-p (after the repetition penalty, if any), so
+    # it does not depend on how the token was picked. None unless the engine was asked.
+    logprob: float | None = None
+
+
 class BatchGenerator:
     """Continue `prompts` (lists of token ids) together; iterate `steps()` for the new tokens.
 
-    seed: row b samples from its own torch.Generator seeded with seed + b (None: a fresh
-    random seed each), so sampling never touches PyTorch's global random state and a prompt
-    gets the same sample in a batch as alone. Argument errors are raised here, at construction.
+    sampling.seed: row b samples from its own torch.Generator seeded with seed + b (None: a
+    fresh random seed each), so sampling never touches PyTorch's global random state and a
+    prompt gets the same sample in a batch as alone. logprobs: give each new token its
+    log-probability (NewToken.logprob). Argument errors are raised here, at construction.
     """
 
     def __init__(
         self,
         model: GPT,
         prompts: Sequence[Sequence[int]],
-        max_new_tokens: int | Sequence[int],
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        sampling: Sampling,
         stop_ids: Collection[int] = (),
-        seed: int | None = None,
         use_cache: bool = True,
+        logprobs: bool = False,
     ) -> None:
         if not prompts:
             raise ScratchLMError("no prompts given; pass at least one")
@@ -68,6 +78,7 @@ class BatchGenerator:
                     f"prompt token id {bad[0]} is outside the model's vocabulary (size "
                     f"{vocab_size}); was the prompt encoded with this model's tokenizer?"
                 )
+        max_new_tokens = sampling.max_new_tokens
         limits = (
             [max_new_tokens] * len(prompts)
             if isinstance(max_new_tokens, int)
@@ -77,16 +88,15 @@ class BatchGenerator:
             raise ScratchLMError(
                 f"max_new_tokens must be >= 0, one number or one per prompt; got {max_new_tokens}"
             )
-        check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+        sampling.check()
         self.model = model
         block_size = model.config.block_size
         self.prompts = [crop_prompt(list(p), block_size)[0] for p in prompts]
         self.limits = limits
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.repetition_penalty = repetition_penalty
+        self.sampling = sampling
         self.stop_ids = frozenset(stop_ids)
-        self.seed = seed
         self.use_cache = use_cache
+        self.logprobs = logprobs
         self.done = [n == 0 for n in limits]
 
     @property
@@ -97,8 +107,9 @@ class BatchGenerator:
         """Stop generating row `row` (its tokens so far stand)."""
         self.done[row] = True
 
-    def steps(self) -> Iterator[list[tuple[int, int]]]:
-        """Yield, once per decoding step, the (row, token id) pairs new in that step.
+    def steps(self) -> Iterator[list[NewToken]]:
+        """Yield, once per decoding step, the (row, token id, logprob) of the rows that got a
+        new token in that step.
 
         Rows that stopped are left out; a stop id is never yielded. The model is in eval mode
         while this runs and back in its previous mode when the iterator finishes.
@@ -110,21 +121,21 @@ class BatchGenerator:
         finally:
             self.model.train(was_training)
 
-    def _steps(self) -> Iterator[list[tuple[int, int]]]:
-        model, B = self.model, self.batch_size
+    def _steps(self) -> Iterator[list[NewToken]]:
+        model, B, sampling = self.model, self.batch_size, self.sampling
         device = model.lm_head.weight.device
         generators = []
         for b in range(B):
             g = torch.Generator(device=device)
-            if self.seed is None:
+            if sampling.seed is None:
                 g.seed()  # non-deterministic, and still not the global generator
             else:
-                g.manual_seed(self.seed + b)
+                g.manual_seed(sampling.seed + b)
             generators.append(g)
         seqs = [list(p) for p in self.prompts]  # each row's context, at most block_size tokens
         counts = [0] * B
         seen = None  # (B, V) bool: the tokens the repetition penalty applies to
-        if self.repetition_penalty != 1.0:
+        if sampling.repetition_penalty != 1.0:
             seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
             for b, prompt in enumerate(self.prompts):
                 seen[b, prompt] = True
@@ -142,10 +153,16 @@ class BatchGenerator:
             logits = self._next_logits(seqs, cache, last)  # (B, V)
             with torch.inference_mode():
                 if seen is not None:
-                    logits = apply_repetition_penalty(logits, seen, self.repetition_penalty)
-                ids = sample_rows(logits, self.temperature, self.top_k, self.top_p, generators)
+                    logits = apply_repetition_penalty(logits, seen, sampling.repetition_penalty)
+                ids = sample_rows(
+                    logits, sampling.temperature, sampling.top_k, sampling.top_p, generators
+                )
                 if seen is not None:
                     seen.scatter_(1, ids[:, None], True)
+                logprobs: list[float | None] = [None] * B
+                if self.logprobs:
+                    chosen = torch.log_softmax(logits.float(), dim=-1).gather(1, ids[:, None])
+                    logprobs = chosen.squeeze(1).tolist()
             last = ids
             new = []
             for b, token in enumerate(ids.tolist()):  # the one device sync per step
@@ -159,7 +176,7 @@ class BatchGenerator:
                     del seqs[b][0]  # no path ever looks further back than block_size tokens
                 counts[b] += 1
                 self.done[b] = counts[b] >= self.limits[b]
-                new.append((b, token))
+                new.append(NewToken(b, token, logprobs[b]))
             # Between steps (and while the caller runs) the caller's mode is left alone.
             yield new
 

@@ -1,16 +1,18 @@
-"""Text generation from token ids: the Python API over the decoding engine.
+"""Text generation from token ids: the keyword-argument API over the decoding engine.
 
 generate_tokens continues one prompt and yields each new token as soon as it is sampled;
 generate_batch continues several prompts of different lengths together and returns each
 one's new tokens, the same tokens (greedy) as generating them one by one. Both run
-batch_generation.BatchGenerator (KV cache, left padding, sliding at block_size) and sample with
-sampling.py (repetition penalty, temperature, top-k, top-p, per-call seeded generators).
+engine.BatchGenerator (KV cache, left padding, sliding at block_size) with the settings
+gathered in one Sampling, and sample with sampling.py (repetition penalty, temperature,
+top-k, top-p, per-call seeded generators).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 
+from scratchlm.inference.config import Sampling
 from scratchlm.inference.engine import BatchGenerator, crop_prompt
 from scratchlm.inference.sampling import sample_next_token
 from scratchlm.model import GPT
@@ -43,19 +45,9 @@ def generate_tokens(
     seed makes sampling reproducible (None: a fresh random seed). Argument errors are raised
     here, at the call, not at the first next().
     """
-    engine = BatchGenerator(
-        model,
-        [prompt_ids],
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        stop_ids=stop_ids,
-        seed=seed,
-        use_cache=use_cache,
-    )
-    return (token for step in engine.steps() for _, token in step)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    engine = BatchGenerator(model, [prompt_ids], sampling, stop_ids, use_cache)
+    return (new.token for step in engine.steps() for new in step)
 
 
 def generate_batch(
@@ -75,20 +67,10 @@ def generate_batch(
     Row b samples with seed + b. Each row stops at its own stop id or max_new_tokens (one
     number for all, or one per prompt).
     """
-    engine = BatchGenerator(
-        model,
-        prompts,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        stop_ids=stop_ids,
-        seed=seed,
-        use_cache=use_cache,
-    )
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    engine = BatchGenerator(model, prompts, sampling, stop_ids, use_cache)
     out: list[list[int]] = [[] for _ in prompts]
     for step in engine.steps():
-        for row, token in step:
-            out[row].append(token)
+        for new in step:
+            out[new.row].append(new.token)
     return out

@@ -5,8 +5,8 @@ runs at the speed of memory, and the bytes per weight set the speed: 4 in float3
 bfloat16, 1 in int8, a little over 0.5 in int4. Only the weights are quantised; activations
 stay in floating point, and each matmul unpacks its weights on the fly inside PyTorch's kernels
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`). Those kernels are fast with bfloat16
-activations (measured on an AVX2 CPU: float32 and float16 activations take a slow path, 10x
-slower), so a quantised model decodes in bfloat16 unless told otherwise.
+activations (float32 and float16 activations take a much slower path in PyTorch's CPU
+kernels), so a quantised model decodes in bfloat16 unless told otherwise.
 
     int8  w ≈ scale[n] · q[n, k], q in [-127, 127]: one scale per output channel.
     int4  w ≈ scale[n, g] · q[n, k] + low[n, g], q in [0, 15], one (scale, low) per group of
@@ -74,7 +74,9 @@ def int4_codes(weight: Tensor, group: int = INT4_GROUP) -> tuple[Tensor, Tensor,
 
 class QuantizedLinear(nn.Module):
     """What the int8 and int4 layers share: shape, bias and dtype handling around a kernel that
-    multiplies (rows, K) activations by the packed weights into (rows, N)."""
+    multiplies (rows, K) activations by the packed weights into (rows, N). It stands in for an
+    nn.Linear (or a SplitLinear) in the model, with the same calls, so the model needs no
+    special case for it."""
 
     bias: Tensor | None
 
@@ -94,6 +96,12 @@ class QuantizedLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The two halves of the output, as model.gpt.SplitLinear gives them (SwiGLU's gate
+        and up): here one kernel call and a split, since the packed weights go in whole."""
+        first, second = self(x).chunk(2, dim=-1)
+        return first, second
 
 
 class Int8Linear(QuantizedLinear):

@@ -10,24 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scratchlm.core.errors import ScratchLMError
-
-
-def check_sampling_args(
-    temperature: float, top_k: int, top_p: float, repetition_penalty: float = 1.0
-) -> None:
-    """One clear line for a bad sampling setting (ScratchLMError)."""
-    if not temperature >= 0:  # `not >=` also catches NaN
-        raise ScratchLMError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-    if top_k < 0:
-        raise ScratchLMError(f"top_k must be >= 0 (0: off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ScratchLMError(f"top_p must be in (0, 1] (1: off), got {top_p}")
-    if not 0 < repetition_penalty < float("inf"):
-        raise ScratchLMError(
-            f"repetition penalty must be a number > 0 (1: off, > 1 discourages repeats), "
-            f"got {repetition_penalty}"
-        )
+from scratchlm.inference.config import check_sampling_args
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -58,11 +41,7 @@ def sample_next_token(
     the smallest set of most likely tokens whose probabilities add up to at least top_p (the
     nucleus, Holtzman et al., 2019; never empty). top_k = 0 and top_p = 1 switch them off.
     """
-    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(
-            f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
-            f"{temperature}, {top_k}, {top_p}"
-        )
+    check_sampling_args(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = filtered_probs(logits, temperature, top_k, top_p)  # (B, V)

@@ -134,9 +134,9 @@ def padded_attention_mask(cache: KVCache, T: int, window: int) -> Tensor:
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention of one new query per row, q (B, H, 1, D), over k, v (B, K, S, D) -> (B, H, 1, D).
 
-    Two small matmuls and a softmax. Same result as SDPA, but SDPA's CPU kernel spends
-    milliseconds per call on a single query (measured: 7 ms of a 10 ms layer in SmolLM2), so
-    decoding does this itself. The H query heads are grouped by the key/value head they share
+    Two small matmuls and a softmax. Same result as SDPA, but SDPA's CPU kernel has a large
+    fixed cost per call that dominates a single query (most of a decode step's attention time
+    in SmolLM2, benchmarks/inference.py), so decoding does this itself. The H query heads are grouped by the key/value head they share
     (GQA), which reads each cached head once instead of repeating it H/K times.
     """
     B, H, _, D = q.shape
@@ -222,13 +222,28 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class SplitLinear(nn.Linear):
+    """A Linear layer whose output is two halves read separately: SwiGLU's gate and up.
+
+    Checkpoints store both input matrices of a SwiGLU MLP stacked in one weight (2F, C), gate
+    rows first. `halves` runs one matmul per half (each a contiguous block of rows) rather than
+    one matmul and a split, so silu reads a contiguous tensor, about twice as fast as a strided
+    half. Anything standing in for this layer (a quantised copy) offers `halves` too.
+    """
+
+    def halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        w_first, w_second = self.weight.chunk(2)  # (F, C) each
+        b_first, b_second = (None, None) if self.bias is None else self.bias.chunk(2)
+        return F.linear(x, w_first, b_first), F.linear(x, w_second, b_second)  # (B, T, F) each
+
+
 class MLP(nn.Module):
     """The position-wise feed-forward network: (B, T, C) -> (B, T, F) -> (B, T, C).
 
     gelu:   c_proj(gelu(c_fc(x))), GPT-2.
     relu2:  c_proj(relu(c_fc(x))²), "Primer" (So et al., 2021), cheap and sparse.
-    swiglu: c_proj(silu(gate) * up) with gate, up = c_fc(x) (Shazeer, 2020; Llama): c_fc holds
-            both input matrices, stacked, so one matmul computes them.
+    swiglu: c_proj(silu(gate) * up) with gate, up = c_fc.halves(x) (Shazeer, 2020; Llama):
+            c_fc holds both input matrices, stacked (SplitLinear).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -236,28 +251,19 @@ class MLP(nn.Module):
         self.kind = config.mlp
         hidden = config.ffn_hidden
         n_in = 2 * hidden if config.mlp == "swiglu" else hidden
-        self.c_fc = nn.Linear(config.n_embd, n_in, bias=config.bias)
+        self.c_fc = SplitLinear(config.n_embd, n_in, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "swiglu" and isinstance(self.c_fc, nn.Linear):
-            # One matmul per half of c_fc (each a contiguous block of rows), not one matmul
-            # and a split: silu then reads a contiguous tensor, about twice as fast as a
-            # strided half (measured: 2.4 vs 1.1 ms a layer for a 512-token prefill).
-            w_gate, w_up = self.c_fc.weight.chunk(2)  # (F, C) each
-            b_gate, b_up = (None, None) if self.c_fc.bias is None else self.c_fc.bias.chunk(2)
-            h = F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up)  # (B, T, F)
-            return self.dropout(self.c_proj(h))
-        h = self.c_fc(x)  # (B, T, F), or (B, T, 2F) for swiglu (a quantised c_fc)
         if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
+            gate, up = self.c_fc.halves(x)  # (B, T, F) each
             h = F.silu(gate) * up
         elif self.kind == "relu2":
-            h = F.relu(h).square()
+            h = F.relu(self.c_fc(x)).square()  # (B, T, F)
         else:
             # GPT-2 was trained with the tanh approximation of GELU; keep it to match its weights.
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, F)
         return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
