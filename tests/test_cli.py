@@ -247,12 +247,56 @@ def test_help(command: str, tmp_path: Path, cli: Cli) -> None:
     if command == "train":
         assert "--train.max_steps" in result.stdout  # every config key is listed
         assert "--model.n_head" in result.stdout
+    if command == "tokenizer train":
+        # Each key's help is the comment beside it in its settings class.
+        assert "including the 256 byte tokens and the special tokens" in result.stdout
+    if command == "generate":
+        assert "--temperature" in result.stdout and "--sample.top_p" in result.stdout
+
+
+def test_field_comments_are_read_from_the_settings_source() -> None:
+    from scratchlm.cli.options import field_comments
+    from scratchlm.data.config import CleaningConfig
+
+    comments = field_comments(CleaningConfig)
+    assert comments["filters"] == "false: normalise only, apply no quality rule"
+    assert "min_words" in comments  # inherited from data/clean.py's CleanConfig
 
 
 def test_no_command_prints_help(tmp_path: Path, cli: Cli) -> None:
     result = cli("", cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: scratchlm" in result.stdout and "Traceback" not in result.stderr
+
+
+def imported_modules(result: Result) -> set[str]:
+    """The modules a `python -X importtime` run imported (its stderr lists them)."""
+    return {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if "|" in line}
+
+
+@pytest.mark.parametrize("command", ["", "train", "data prepare", "tokenizer train", "generate"])
+def test_help_does_not_import_torch(command: str, tmp_path: Path, cli: Cli) -> None:
+    argv = [sys.executable, "-X", "importtime", "-m", "scratchlm", *command.split(), "--help"]
+    done = subprocess.run(argv, cwd=tmp_path, env=cli.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    modules = imported_modules(Result(argv, 0, done.stdout, done.stderr))
+    assert "scratchlm.cli.main" in modules  # the listing is there
+    assert "torch" not in modules
+
+
+def test_unknown_option_suggests_the_closest(here: Path, cli: Cli) -> None:
+    before = snapshot(here)
+    command = "data prepare pydocs --tokenizer tok.json --out data --data.valfraction 0.2"
+    assert_user_error(
+        cli(command, cwd=here), "unknown key data.valfraction", "did you mean data.val_fraction?"
+    )
+    result = cli("train --config nope.toml --train.maxsteps 3", cwd=here)
+    assert_user_error(result, "unknown key train.maxsteps", "did you mean train.max_steps?")
+    result = cli("tokenizer train pydocs --out t.json --tokenizer.vocabsize 300", cwd=here)
+    assert_user_error(result, "did you mean tokenizer.vocab_size?")
+    result = cli("tokenizer train pydocs --out t.json --model.n_layer 3", cwd=here)
+    assert_user_error(result, "takes only --tokenizer.* keys, not --model.n_layer")
+    assert snapshot(here) == before
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -292,6 +336,28 @@ def test_data_prepare(here: Path, cli: Cli, eot_id: int) -> None:
     assert result.stdout.startswith(f"{counts} to data/pydocs (2 shards)")
 
 
+def test_data_prepare_takes_the_data_keys(here: Path, cli: Cli) -> None:
+    # --section.key, as train takes it, and the short flags people know set the same key.
+    dotted = "--data.val_fraction 0.2 --data.seed 7 --data.text_field text --dedup.near false"
+    short = "--val-fraction 0.2 --seed 7 --text-field text --dedup.near=false"
+    for name, flags in (("dotted", dotted), ("short", short)):
+        ok(cli(f"data prepare pydocs --tokenizer tok.json --out {name} {flags}", cwd=here))
+    report = json.loads((here / "dotted" / "meta.json").read_text(encoding="utf-8"))
+    assert report == json.loads((here / "short" / "meta.json").read_text(encoding="utf-8"))
+    for split in ("train", "val"):
+        name = f"{split}_000000.bin"
+        assert (here / "dotted" / name).read_bytes() == (here / "short" / name).read_bytes()
+    default = ok(cli("data prepare pydocs --tokenizer tok.json --out default", cwd=here))
+    val_tokens = json.loads((here / "default" / "meta.json").read_text(encoding="utf-8"))
+    assert report["val_tokens"] > val_tokens["val_tokens"] > 0, default.stdout
+    # A value the [data] section refuses names the option it came from.
+    bad = "data prepare pydocs --tokenizer tok.json --out bad --val-fraction 1.5"
+    assert_user_error(cli(bad, cwd=here), "--val-fraction 1.5", "data.val_fraction")
+    bad = "data prepare pydocs --tokenizer tok.json --out bad --data.seed x"
+    assert_user_error(cli(bad, cwd=here), "--data.seed", "'x'")
+    assert not (here / "bad").exists()
+
+
 # --- tokenizer ---------------------------------------------------------------------------------
 
 
@@ -300,6 +366,18 @@ def test_tokenizer_train_writes_files(tok: Path) -> None:
     assert len(data["merges"]) == 300 - 256 - 1
     assert list(data["special_tokens"]) == ["<|endoftext|>"]
     assert tok.with_suffix(".vocab").is_file()
+
+
+def test_tokenizer_train_takes_the_tokenizer_keys(tok: Path, here: Path, cli: Cli) -> None:
+    ok(cli("tokenizer train pydocs --tokenizer.vocab_size 300 --out dotted.json", cwd=here))
+    assert (here / "dotted.json").read_bytes() == tok.read_bytes()
+    specials = "--special '<|a|>' --special '<|b|>'"
+    ok(cli(f"tokenizer train pydocs --vocab-size 300 {specials} --out short.json", cwd=here))
+    dotted = "--tokenizer.special_tokens '<|a|>,<|b|>'"
+    ok(cli(f"tokenizer train pydocs --vocab-size 300 {dotted} --out long.json", cwd=here))
+    short = json.loads((here / "short.json").read_text(encoding="utf-8"))
+    assert list(short["special_tokens"]) == ["<|a|>", "<|b|>"]
+    assert (here / "short.json").read_bytes() == (here / "long.json").read_bytes()
 
 
 def test_encode_decode_round_trip(here: Path, cli: Cli) -> None:

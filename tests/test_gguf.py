@@ -18,8 +18,8 @@ import torch
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.chat_template import render_chat
-from scratchlm.runs import gguf as gguf_runs
 from scratchlm.runs import gguf_file as gguf_format
+from scratchlm.runs import gguf_runs
 from scratchlm.runs.gguf_file import (
     GGUFModel,
     dequantize,

@@ -97,3 +97,14 @@ def test_shown_error_messages_are_real(workdir: Path) -> None:
         result = run(scratchlm(shlex.split(command)), workdir)
         assert result.returncode == 2
         assert result.stderr.startswith(shown.split("...")[0].rstrip())
+
+
+def test_python_examples_run(tmp_path: Path) -> None:
+    # Each ```python block runs as written, in a fresh interpreter (the pretrained model it
+    # names is fetched into the cache the first time, as the SmolLM2 tests do).
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert blocks, "the README shows the Python entry point"
+    for block in blocks:
+        result = run([sys.executable, "-c", block], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout  # the chat example answers its question

@@ -1,1 +1,1 @@
-"""Evaluation: validation loss and perplexity."""
+"""Evaluation of trained runs: validation loss and perplexity (perplexity.py)."""

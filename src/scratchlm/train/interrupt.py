@@ -22,6 +22,8 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        # A plain print, not core.messages: tqdm's write takes a lock that the interrupted
+        # code may be holding, and a signal handler must never wait for it.
         print(
             f"\n{signal.Signals(signum).name} received: finishing this step and saving a "
             "checkpoint (press Ctrl-C again to abort without saving)",

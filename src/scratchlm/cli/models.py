@@ -1,0 +1,95 @@
+"""`scratchlm export` and `scratchlm import`: a run's model to and from Hugging Face and GGUF.
+
+The work is in runs/hf.py and runs/gguf_runs.py; this module parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from scratchlm.core.errors import ScratchLMError
+
+MODEL_EXPORT_FORMATS = ("hf", "gguf")
+MODEL_IMPORT_FORMATS = ("hf", "gguf")
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "export", help="write a trained run's model in another format (Hugging Face)"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=MODEL_EXPORT_FORMATS,
+        help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
+        "loads as GPT2LMHeadModel or LlamaForCausalLM; gguf: one file for llama.cpp "
+        "(Llama-shaped models)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (hf) or file (gguf)")
+    p.add_argument(
+        "--dtype", choices=("f32", "f16"), default="f32", help="gguf: weight matrices' type"
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("import", help="make a run directory from another format's model")
+    p.add_argument(
+        "format",
+        choices=MODEL_IMPORT_FORMATS,
+        help="hf: a Hugging Face GPT-2 or Llama folder (config.json, model.safetensors, "
+        "tokenizer.json); gguf: a llama.cpp file of a Llama model (f32, f16 or quantised)",
+    )
+    p.add_argument("source", type=Path, help="the folder or file to import")
+    p.add_argument("--out", required=True, type=Path, help="the run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=cmd_import)
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    # Checked here too, before torch is imported for the runs/ modules.
+    if out.exists() and not overwrite:
+        raise ScratchLMError(f"{out} already exists; pass --overwrite to replace it")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    _refuse_existing(args.out, args.overwrite)
+    if args.format == "gguf":
+        from scratchlm.runs.gguf_runs import export_gguf_run
+
+        model = export_gguf_run(args.run_dir, args.out, args.checkpoint, args.dtype)
+        print(
+            f"wrote {args.out}: a llama GGUF, {args.dtype} weights "
+            f"({model.num_parameters():,} parameters)"
+        )
+        return
+    from scratchlm.model.hf_format import hf_architecture
+    from scratchlm.runs.hf import export_hf_run
+
+    model = export_hf_run(args.run_dir, args.out, args.checkpoint, args.overwrite)
+    kind = HF_CLASSES[hf_architecture(model.config)]
+    print(f"wrote {args.out}: a Hugging Face {kind} ({model.num_parameters():,} parameters)")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    _refuse_existing(args.out, args.overwrite)
+    if args.format == "gguf":
+        from scratchlm.runs.gguf_runs import import_gguf_run
+
+        model = import_gguf_run(args.source, args.out, overwrite=args.overwrite)
+        print(
+            f"imported {args.source} ({model.config.n_layer} layers, {model.config.n_embd} wide) "
+            f"into the run {args.out}; try `scratchlm generate {args.out} --prompt ...`"
+        )
+        return
+    from scratchlm.runs.hf import import_hf_run
+
+    model = import_hf_run(args.source, args.out, overwrite=args.overwrite)
+    print(
+        f"imported {args.source} ({model.num_parameters():,} parameters) into the run {args.out}; "
+        f"try `scratchlm generate {args.out} --prompt ...`"
+    )
