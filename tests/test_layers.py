@@ -54,7 +54,7 @@ def imports_of(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            # `from scratchlm.runs import gguf` imports the module scratchlm.runs.gguf_runs.
+            # `from scratchlm.runs import gguf_runs` imports the module scratchlm.runs.gguf_runs.
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return {name for name in found if name == "scratchlm" or name.startswith("scratchlm.")}
 
@@ -123,7 +123,7 @@ def test_no_import_circles():
     [
         ("import scratchlm.core.errors\n", {"scratchlm.core.errors"}),
         (
-            "def f():\n    from scratchlm.runs import gguf\n",
+            "def f():\n    from scratchlm.runs import gguf_runs\n",
             {"scratchlm.runs", "scratchlm.runs.gguf_runs"},
         ),
         ("import os\nfrom . import x\n", set()),

@@ -9,6 +9,7 @@ from typing import Any
 
 from scratchlm.cli.options import add_section_options, section_from_args
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_files import decode_utf8, read_text
 from scratchlm.tokenizer.config import TokenizerConfig
 
 TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
@@ -126,11 +127,13 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
         raise ScratchLMError("give the text or --file, not both")
     tokenizer = BPETokenizer.load(args.tokenizer)
     if args.file is not None:
-        text = _read_text_file(args.file)
+        # Bytes, then decode: text mode would turn \r\n into \n, and `encode --file` must
+        # see the file exactly as it is.
+        text = read_text(args.file, "text file")
     elif args.text is not None:
         text = args.text
     else:
-        text = _decode_utf8(sys.stdin.buffer.read(), "standard input")
+        text = decode_utf8(sys.stdin.buffer.read(), "standard input")
     ids = tokenizer.encode(text, allowed_special="all" if args.allow_special else "none")
     print(" ".join(map(str, ids)))
 
@@ -139,7 +142,7 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> None:
     from scratchlm.tokenizer import BPETokenizer
 
     tokenizer = BPETokenizer.load(args.tokenizer)
-    words = args.ids or _decode_utf8(sys.stdin.buffer.read(), "standard input").split()
+    words = args.ids or decode_utf8(sys.stdin.buffer.read(), "standard input").split()
     try:
         ids = [int(w) for w in words]
     except ValueError:
@@ -294,20 +297,3 @@ def _refuse_to_overwrite(paths: list[Path], overwrite: bool) -> None:
             raise ScratchLMError(f"{path} already exists; pass --overwrite to replace it")
         if path.is_dir():
             raise ScratchLMError(f"{path} is a folder; give a file name")
-
-
-def _read_text_file(path: Path) -> str:
-    # Bytes, then decode: text mode would turn \r\n into \n, and `encode --file` must see the
-    # file exactly as it is.
-    from scratchlm.core.user_files import read_bytes
-
-    return _decode_utf8(read_bytes(path, "text file"), str(path))
-
-
-def _decode_utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ScratchLMError(
-            f"{where} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8"
-        ) from None

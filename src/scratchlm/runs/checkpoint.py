@@ -185,8 +185,8 @@ def check_run_matches(path: Path, recorded: dict[str, Any], current: dict[str, A
     """Refuse to resume a checkpoint whose model shape or data differ from the run's now.
 
     `recorded` and `current` map "model" to the ModelConfig as a dict, "data" to
-    data_fingerprint() and "train" to {"optimizer": name}; keys missing on either side (an older checkpoint, a newer config
-    field) are not compared, so only a real difference stops the run.
+    data_fingerprint() and "train" to {"optimizer": name}. Only keys on both sides are
+    compared, so only a real difference of a setting both know stops the run.
     """
     for section, fix in (
         ("model", "put back the run's config.toml [model] table, or start a new run"),

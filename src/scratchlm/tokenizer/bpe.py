@@ -64,7 +64,7 @@ __all__ = ["EOT_TOKEN", "BPETokenizer", "Pair", "train_bpe_from_files", "valid_u
 FILE_FORMAT = "scratchlm-bpe"
 # Version 1: bytes are ids 0..255, merges 256.. in order, specials right after (what `train`
 # makes). Version 2 adds `byte_ids` and explicit merge ids for vocabularies numbered otherwise.
-# `save` writes version 1 whenever the layout allows it, so older readers keep working.
+# `save` writes the compact version 1 whenever the layout allows it.
 FILE_VERSION = 1
 FILE_VERSION_GENERAL = 2
 
