@@ -100,7 +100,7 @@ def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
 
 def test_folder_without_text_files_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "d" / "data.csv", "a,b\n")
-    with pytest.raises(ScratchLMError, match=r"has no text, JSONL or Parquet files"):
+    with pytest.raises(ScratchLMError, match=r"has no text, JSONL or Parquet files \(\.txt, \.md"):
         read_documents([str(tmp_path / "d")])
 
 
