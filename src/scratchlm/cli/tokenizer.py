@@ -113,7 +113,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
         settings.vocab_size,
         pattern=pattern,
         special_tokens=settings.special_tokens,
-        progress=True,
+        progress=sys.stderr.isatty(),
     )
     tokenizer.save(args.out)
     tokenizer.save_vocab(args.out.with_suffix(".vocab"))
@@ -172,7 +172,7 @@ def cmd_tokenizer_study(args: argparse.Namespace) -> None:
         heldout_fraction=args.heldout_fraction,
         seed=args.seed,
         pattern=pattern,
-        progress=True,
+        progress=sys.stderr.isatty(),
     )
     json_path, png_path = save_study(result, args.out)
     print(format_table(result))

@@ -76,7 +76,7 @@ def prepare_run(config: PreparableRun, overwrite: bool = False) -> BPETokenizer:
         )  # fmt: skip
         if config.tokenizer.kind == "char":
             tokenizer = train_char_tokenizer(
-                training_text, config.tokenizer.special_tokens, progress=True
+                training_text, config.tokenizer.special_tokens, progress=sys.stderr.isatty()
             )
         else:
             tokenizer = BPETokenizer.train(
@@ -84,7 +84,7 @@ def prepare_run(config: PreparableRun, overwrite: bool = False) -> BPETokenizer:
                 vocab_size=config.tokenizer.vocab_size,
                 pattern=pattern,
                 special_tokens=config.tokenizer.special_tokens,
-                progress=True,
+                progress=sys.stderr.isatty(),
             )
         print(
             f"tokenizer: {tokenizer.vocab_size:,} tokens trained in {time.perf_counter() - t0:.1f}s"
