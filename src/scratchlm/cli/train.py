@@ -51,7 +51,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         from scratchlm.config import load_run_config
         from scratchlm.runs.layout import RunPaths
-        from scratchlm.train.loop import train_model
 
         config = load_run_config(args.resume, as_overrides(given))
         paths = RunPaths(config.run_dir)
@@ -59,11 +58,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ScratchLMError(
                 f"{args.resume} has no prepared data; start it again without --resume"
             )
-        if given:  # remember e.g. a longer --train.max_steps for the next resume
-            from scratchlm.core.atomic_files import atomic_write_text
-
-            atomic_write_text(paths.config, config.to_toml())
-        result = train_model(config, resume=True)
+        result = _resume(config, paths, remember=bool(given))
         if result.new_steps == 0:
             return
     else:
@@ -91,3 +86,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         from scratchlm.cli.generate import print_samples
 
         print_samples(config.run_dir, out_file=RunPaths(config.run_dir).samples)
+
+
+def _resume(config: RunConfig, paths: Any, remember: bool) -> Any:
+    """Continue the run. With `remember`, the run's config.toml takes the new --train.* and
+    --sample.* values first (a longer max_steps holds for the next resume too), and gets its
+    old text back if the resume saved no checkpoint: refused, or with nothing to do, the
+    command leaves every file as it was."""
+    from scratchlm.core.atomic_files import atomic_write_bytes, atomic_write_text
+    from scratchlm.runs.checkpoint import list_checkpoints
+    from scratchlm.train.loop import train_model
+
+    if not remember:
+        return train_model(config, resume=True)
+    before, saved = paths.config.read_bytes(), list_checkpoints(paths.root)
+    atomic_write_text(paths.config, config.to_toml())
+    try:
+        return train_model(config, resume=True)
+    finally:
+        if list_checkpoints(paths.root) == saved:
+            atomic_write_bytes(paths.config, before)

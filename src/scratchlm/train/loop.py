@@ -50,19 +50,20 @@ def train_model(config: TrainableRun, resume: bool = False, quiet: bool = False)
     ranks = current_ranks()
     with quietly(quiet or not ranks.is_main):
         ctx = set_up_training(config, resume, ranks)
-        hooks = training_hooks(ctx, resume)
         first_step = ctx.state.step
+        if ctx.resumed_from is not None:
+            max_steps = ctx.config.max_steps
+            if first_step >= max_steps:
+                # Before any hook: a command with nothing to do leaves every file as it was.
+                _say(
+                    f"{ctx.paths.root} is already trained to step {first_step:,} "
+                    f"(train.max_steps is {max_steps:,}); nothing to do. Raise "
+                    "--train.max_steps to continue."
+                )
+                return TrainResult(first_step, 0, None, False, ctx.resumed_from, 0.0)
+            _say(f"resuming from {ctx.resumed_from} (step {first_step:,} of {max_steps:,})")
+        hooks = training_hooks(ctx, resume)
         try:
-            if ctx.resumed_from is not None:
-                max_steps = ctx.config.max_steps
-                if first_step >= max_steps:
-                    _say(
-                        f"{ctx.paths.root} is already trained to step {first_step:,} "
-                        f"(train.max_steps is {max_steps:,}); nothing to do. Raise "
-                        "--train.max_steps to continue."
-                    )
-                    return TrainResult(first_step, 0, None, False, ctx.resumed_from, 0.0)
-                _say(f"resuming from {ctx.resumed_from} (step {first_step:,} of {max_steps:,})")
             interrupted = run_steps(ctx, hooks)
         finally:
             hooks.close()
