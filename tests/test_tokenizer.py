@@ -30,6 +30,7 @@ from scratchlm.tokenizer import (
     training,
 )
 from scratchlm.tokenizer.bpe import train_bpe_from_files
+from scratchlm.tokenizer.merge_heap import count_heap_operations, merge_with_heap
 from scratchlm.tokenizer.patterns import NAMED_PATTERNS
 
 EOT = "<|endoftext|>"
@@ -491,6 +492,80 @@ def test_encode_replays_training_merges(capsys: pytest.CaptureFixture[str]) -> N
     assert list(tok.merges) == [(108, 111), (256, 119), (257, 257), (258, 257), (258, 259)]
     assert tok.encode("lowlowlowlowlow") == [260]
     assert tok.encode("lowlow") == [258]
+
+
+# The Python encoder merges long chunks with a heap (scratchlm.tokenizer.merge_heap); these
+# check it against the textbook loop it replaced, which rescans the chunk for every merge.
+
+
+def textbook_encode_chunk(tok: BPETokenizer, data: bytes) -> list[int]:
+    """Apply the earliest-learned merge present, everywhere, until none is left (quadratic)."""
+    ids = [tok.byte_ids[b] for b in data]
+    while len(ids) >= 2:
+        ranked = [(tok.merges[p], p) for p in itertools.pairwise(ids) if p in tok.merges]
+        if not ranked:
+            break
+        new_id, pair = min(ranked)
+        ids = merge_pair(ids, pair, new_id)
+    return ids
+
+
+def textbook_encode(tok: BPETokenizer, text: str) -> list[int]:
+    chunks = regex.findall(tok.pattern, text)
+    return [i for chunk in chunks for i in textbook_encode_chunk(tok, chunk.encode("utf-8"))]
+
+
+@functools.cache
+def low_tokenizer() -> BPETokenizer:
+    # Few letters and merges of runs (ll, lll...): many overlapping equal pairs and ties.
+    text = "lowlowlow llllll owowow wolll lowwol " * 20
+    return BPETokenizer.train(text, vocab_size=300, pattern=r"[\s\S]+", special_tokens=())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=300))
+def test_heap_encoder_equals_textbook_loop_on_random_text(text: str) -> None:
+    tok = pydoc_tokenizer()
+    assert tok.encode(text, engine="python") == textbook_encode(tok, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="low ", max_size=400))
+def test_heap_encoder_equals_textbook_loop_on_overlapping_runs(text: str) -> None:
+    tok = low_tokenizer()
+    # One chunk for the whole text: the pattern does not split.
+    assert tok.encode(text, engine="python") == textbook_encode(tok, text)
+
+
+@pytest.mark.parametrize(
+    "alphabet",
+    ["abcdefghijklmnopqrstuvwxyz", "的一是不了人我在有他这为之大来", "😀😃🎉👍🔥", "eé\u0301ñ"],
+    ids=["ascii", "cjk", "emoji", "marks"],
+)
+def test_long_word_equals_textbook_loop(alphabet: str) -> None:
+    rng = np.random.default_rng(0)
+    word = "".join(rng.choice(list(alphabet), size=1_500))
+    tok = pydoc_tokenizer()
+    ids = tok.encode(word, engine="python")
+    assert ids == textbook_encode(tok, word)
+    assert tok.decode(ids) == word
+
+
+@pytest.mark.timeout(60)  # the textbook loop takes minutes on this; the heap about a second
+def test_200k_character_word_encodes_with_n_log_n_heap_work() -> None:
+    rng = np.random.default_rng(1)
+    word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=200_000))
+    tok = pydoc_tokenizer()
+    assert len(regex.findall(tok.pattern, word)) == 1  # one chunk: nothing splits it
+    ids = tok.encode(word, engine="python")
+    assert tok.decode(ids) == word
+    assert len(ids) < len(word)  # merges happened
+    data = word.encode("utf-8")
+    # n - 1 initial pushes, at most 2 per merge and one pop per push: O(n) operations on a
+    # heap of O(n) entries, so O(n log n). A rescan per merge would be O(n) per merge.
+    operations = count_heap_operations(list(data), tok.merges)
+    assert operations <= 6 * len(data)
+    assert merge_with_heap(list(data), tok.merges) == ids
 
 
 def test_special_tokens_only_when_allowed() -> None:

@@ -7,6 +7,7 @@ the pure-Python engine, tiktoken with its Rust core. They must agree id for id.
 from __future__ import annotations
 
 import functools
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -268,3 +269,39 @@ def test_encode_bytes_of_valid_utf8_is_encode_ordinary() -> None:
     tok = pydoc_tokenizer()
     text = PYDOC_TEXT[:5_000] + EOT
     assert tok.encode_bytes(text.encode("utf-8")) == tok.encode_ordinary(text)
+
+
+# ------------------------------------------------------------------------- long chunks
+
+# Words with no spaces, which the split pattern leaves as one chunk however long they are: the
+# Python encoder merges them with a heap (scratchlm.tokenizer.merge_heap), which must give
+# tiktoken's ids exactly.
+LONG_WORD_ALPHABETS = {
+    "ascii": "abcdefghijklmnopqrstuvwxyz",
+    "ascii-mixed-case": "aAbBeEsStTxXzZ",
+    "cjk": "的一是不了人我在有他这为之大来以个中上们",
+    "emoji": "😀😃🎉👍🔥🇫🇷",
+}
+
+
+def random_word(alphabet: str, length: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("alphabet", LONG_WORD_ALPHABETS, ids=list(LONG_WORD_ALPHABETS))
+def test_long_words_without_spaces_match_tiktoken(name: str, alphabet: str) -> None:
+    assert_same(name, random_word(LONG_WORD_ALPHABETS[alphabet], 30_000, seed=len(alphabet)))
+
+
+@pytest.mark.parametrize("name", ["cl100k_base"])
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("aabbeést的是😀"), min_size=100, max_size=3_000))
+def test_random_long_words_match_tiktoken(name: str, text: str) -> None:
+    assert_same(name, text)
+
+
+@pytest.mark.timeout(60)  # minutes with a rescan per merge; a few seconds with the heap
+def test_200k_character_word_matches_tiktoken() -> None:
+    assert_same("o200k_base", random_word(LONG_WORD_ALPHABETS["ascii"], 200_000, seed=7))

@@ -27,7 +27,6 @@ is installed and gives the same ids: the tests check both engines agree id for i
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import operator
 import os
@@ -49,12 +48,12 @@ from scratchlm.tokenizer.chunks import (
     alternation,
     check_special_names,
     is_named_pattern,
-    merge_pair,
     split_chunks,
     utf8,
     valid_unicode,
 )
 from scratchlm.tokenizer.fast import build_tiktoken_encoding
+from scratchlm.tokenizer.merge_heap import merge_with_heap
 from scratchlm.tokenizer.patterns import GPT4_SPLIT_PATTERN, compile_pattern, resolve_pattern
 from scratchlm.tokenizer.ranks import merges_from_ranks
 from scratchlm.tokenizer.training import learn_bpe
@@ -77,10 +76,11 @@ ENGINES = ("auto", "python", "tiktoken")
 _PARALLEL_MIN_CHARS = 1 << 20
 
 # Encoded chunks are cached because natural text repeats the same words constantly. The cache
-# is bounded so that encoding a huge corpus with many rare words cannot exhaust memory.
+# is bounded so that encoding a huge corpus with many rare words cannot exhaust memory, and a
+# chunk longer than _CACHED_CHUNK_CHARS (a run of digits, a base64 blob: rarely seen twice) is
+# not kept at all, so 65,536 entries stay a few megabytes.
 _CHUNK_CACHE_SIZE = 1 << 16
-# Rank used for pairs that have no merge: larger than any real merge id.
-_NO_MERGE = 1 << 62
+_CACHED_CHUNK_CHARS = 64
 
 
 class BPETokenizer:
@@ -338,26 +338,25 @@ class BPETokenizer:
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
                 chunk_ids = self._encode_chunk(utf8(chunk))
-                if len(cache) >= _CHUNK_CACHE_SIZE:
-                    # Dicts keep insertion order, so this evicts the oldest entry.
-                    del cache[next(iter(cache))]
-                cache[chunk] = chunk_ids
+                if len(chunk) <= _CACHED_CHUNK_CHARS:
+                    if len(cache) >= _CHUNK_CACHE_SIZE:
+                        # Dicts keep insertion order, so this evicts the oldest entry.
+                        del cache[next(iter(cache))]
+                    cache[chunk] = chunk_ids
             ids.extend(chunk_ids)
         return ids
 
     def _encode_chunk(self, data: bytes) -> list[int]:
         # Replay training: repeatedly apply the earliest-learned merge present in the chunk.
         # Merge ids increase in training order, so the id doubles as the merge's rank.
-        merges = self.merges
-        byte_ids = self.byte_ids
-        ids = list(data) if self._identity_bytes else [byte_ids[b] for b in data]
-        while len(ids) >= 2:
-            pair = min(itertools.pairwise(ids), key=lambda p: merges.get(p, _NO_MERGE))
-            new_id = merges.get(pair)
-            if new_id is None:
-                break
-            ids = merge_pair(ids, pair, new_id)
-        return ids
+        ids = list(data) if self._identity_bytes else [self.byte_ids[b] for b in data]
+        if len(ids) == 2:
+            # The commonest short case, without building the heap.
+            new_id = self.merges.get((ids[0], ids[1]))
+            return ids if new_id is None else [new_id]
+        # O(n log n) however long the chunk (a word with no spaces can be megabytes); faster
+        # than rescanning the chunk per merge from 4 bytes on.
+        return merge_with_heap(ids, self.merges)
 
     def _allowed_specials(self, allowed: Specials) -> set[str]:
         return self._special_set(allowed, "allowed_special")
