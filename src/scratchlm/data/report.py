@@ -80,6 +80,8 @@ def nothing_left_error(
             why = f"{len(read.skipped_files)} file(s) skipped, e.g. {read.skipped_files[0]}"
         elif read.bad_lines:
             why = f"{read.bad_lines} JSONL line(s) skipped, e.g. {read.bad_line_examples[0]}"
+        elif read.not_read:
+            why = str(read.not_read_problem())
         else:
             why = (
                 f"all {read.empty_skipped} document(s) are empty or whitespace; point the "
@@ -171,7 +173,7 @@ def build_report(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "settings": {**corpus.settings.to_json(), **extra_settings},
-        "read": {**read.to_json(), "problems": read.problems()},
+        "read": {**read.to_json(), "problems": read.problems(), "notes": read.notes()},
         "stages": [report.to_json() for report in corpus.reports.values()],
         "totals": {
             "documents_in": read.documents,
@@ -292,6 +294,8 @@ def format_report(report: dict[str, Any], name: str = "") -> str:
     lines.append(f"read: {read['documents']:,} documents, {read['bytes']:,} bytes{files}")
     if read.get("empty_skipped"):
         lines.append(f"  {read['empty_skipped']:,} empty documents skipped")
+    # Files read as text by their content, byte-order marks, hidden files (older reports: none).
+    lines += [f"  {line}" for line in read.get("notes") or []]
     problems = read.get("problems") or []
     lines.append("problems: " + ("none" if not problems else f"{len(problems)}"))
     lines += [f"  {problem}" for problem in problems]
