@@ -449,7 +449,7 @@ def test_garbage_tokenizer_file(content: bytes, tmp_path: Path, cli: Cli) -> Non
 
 def test_tokenizer_train_vocab_too_small(here: Path, cli: Cli) -> None:
     before = snapshot(here)
-    result = cli("tokenizer train pydocs --vocab-size 256 --out tok.json", cwd=here)
+    result = cli("tokenizer train pydocs --vocab-size 256 --out tok.json --overwrite", cwd=here)
     assert_user_error(result, "--vocab-size 256", "257")
     assert snapshot(here) == before
 
@@ -488,10 +488,11 @@ def test_bad_corpus(kind: str, here: Path, cli: Cli) -> None:
         (here / "data" / name).write_bytes(f"old {name}".encode())
     before = snapshot(here)
 
-    result = cli(f"tokenizer train {source} --vocab-size 300 --out tok.json", cwd=here)
+    # --overwrite: the existing tok.json and data/ must survive the failures all the same.
+    result = cli(f"tokenizer train {source} --vocab-size 300 --out tok.json --overwrite", cwd=here)
     assert_user_error(result, source, fragment)
     if prepare_fragment is not None:
-        result = cli(f"data prepare {source} --tokenizer tok.json --out data", cwd=here)
+        result = cli(f"data prepare {source} --tokenizer tok.json --out data --overwrite", cwd=here)
         assert_user_error(result, source, prepare_fragment)
     assert snapshot(here) == before
 

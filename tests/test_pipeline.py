@@ -245,9 +245,11 @@ def test_nothing_left_names_the_rule_and_keeps_the_old_output(
     for i in range(3):
         (cwd / "shorts" / f"{i}.txt").write_text(f"Message number {i}, a short one.")
     before = snapshot(cwd)
+    # --overwrite: the old output may be replaced, but only by a preparation that succeeds.
     result = run_cli(
-        "data", "prepare", "shorts", "--tokenizer", tokenizer_file, "--out", "out", cwd=cwd
-    )
+        "data", "prepare", "shorts", "--tokenizer", tokenizer_file, "--out", "out",
+        "--overwrite", cwd=cwd,
+    )  # fmt: skip
     line = user_error(result)
     assert "all 3 were removed by clean" in line and "word_count removed 3" in line
     assert "clean.min_words" in line and "--clean.filters false" in line
@@ -351,7 +353,9 @@ def test_failed_preparation_leaves_the_output_alone(
 
     monkeypatch.setattr(dataset, "prepare_shards", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare_dataset(settings, tokenizer, out, 0.2, 1337, on_problem=lambda _: None)
+        prepare_dataset(
+            settings, tokenizer, out, 0.2, 1337, on_problem=lambda _: None, overwrite=True
+        )
     assert snapshot(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -365,7 +369,7 @@ def test_preparing_again_replaces_our_files_and_keeps_others(
     (out / "notes.md").write_text("mine")
     (out / "train_000007.bin").write_bytes(b"stale shard")
     settings = PipelineSettings([str(planted.folder)], workers=1)
-    prepare_dataset(settings, tokenizer, out, 0.2, 1337, on_problem=lambda _: None)
+    prepare_dataset(settings, tokenizer, out, 0.2, 1337, on_problem=lambda _: None, overwrite=True)
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "lengths.png", "meta.json", "notes.md", "report.json", "report.txt",
@@ -385,7 +389,7 @@ def test_output_inside_a_source_folder_is_not_read_back(
     settings = PipelineSettings([str(corpus)], workers=1)
     for _ in range(2):
         report = prepare_dataset(
-            settings, tokenizer, corpus / "prepared", 0.25, 1, on_problem=print
+            settings, tokenizer, corpus / "prepared", 0.25, 1, on_problem=print, overwrite=True
         )
         assert report["read"]["documents"] == 4  # not report.txt of the first run
 

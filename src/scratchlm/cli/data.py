@@ -45,6 +45,9 @@ def register(commands: Any) -> None:
     p.add_argument("--tokenizer", required=True, type=Path, help="tokenizer.json to encode with")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace the prepared data already in --out"
+    )
+    p.add_argument(
         "--stdin-format",
         choices=("text", "jsonl"),
         default="text",
@@ -105,11 +108,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     if args.no_dedup:
         dedup.exact = dedup.lines = dedup.near = False
 
-    from scratchlm.data.dataset import prepare_dataset
+    from scratchlm.data.dataset import check_output_folder, prepare_dataset
     from scratchlm.data.pipeline import PipelineSettings
     from scratchlm.tokenizer import BPETokenizer
 
-    tokenizer = BPETokenizer.load(args.tokenizer)  # before any work: a bad file fails at once
+    # Before any work: an output that cannot be written, or a bad tokenizer, fails at once.
+    check_output_folder(args.out, args.overwrite)
+    tokenizer = BPETokenizer.load(args.tokenizer)
     settings = PipelineSettings(
         sources=data.sources,
         include=data.include,
@@ -130,6 +135,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
         data.val_fraction,
         data.seed,
         report_settings={"tokenizer": str(args.tokenizer)},
+        overwrite=args.overwrite,
     )
     splits, totals = report["splits"], report["totals"]
     shards = len(splits["train"]["shards"]) + len(splits["val"]["shards"])

@@ -14,7 +14,9 @@
 
 Each module of this package registers its command's options and handler; main only parses and
 dispatches. A user's mistake (ScratchLMError), on the command line or later, is printed as one
-line with exit status 2, no traceback.
+line with exit status 2, no traceback; so is a filesystem problem on a path (an OSError that
+names a file: permission denied, a full or read-only disk, a file where a folder should be),
+in core.user_paths' words, as the last resort behind each command's own checks.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import scratchlm.cli.tokenizer as tokenizer_command
 import scratchlm.cli.train as train_command
 from scratchlm.cli.parser import CommandParser
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import os_error_message
 
 # Heavy imports (torch, the model) happen inside the handlers, so `--help` is instant.
 
@@ -53,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `scratchlm generate ... | head`
         return 0
+    except OSError as e:
+        if e.filename is None:
+            raise  # not about a path the user can fix: a bug, so the traceback helps
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

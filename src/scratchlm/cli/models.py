@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import check_output
 
 MODEL_EXPORT_FORMATS = ("hf", "gguf")
 MODEL_IMPORT_FORMATS = ("hf", "gguf")
@@ -50,14 +51,16 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=cmd_import)
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
+def _refuse_existing(out: Path, overwrite: bool, folder: bool) -> None:
     # Checked here too, before torch is imported for the runs/ modules.
+    check_output(out, folder)
     if out.exists() and not overwrite:
         raise ScratchLMError(f"{out} already exists; pass --overwrite to replace it")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    _refuse_existing(args.out, args.overwrite)
+    # hf writes a folder; gguf one file.
+    _refuse_existing(args.out, args.overwrite, folder=args.format == "hf")
     if args.format == "gguf":
         from scratchlm.runs.gguf_runs import export_gguf_run
 
@@ -76,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    _refuse_existing(args.out, args.overwrite)
+    _refuse_existing(args.out, args.overwrite, folder=True)  # a run directory
     if args.format == "gguf":
         from scratchlm.runs.gguf_runs import import_gguf_run
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import check_output
 
 
 def register(commands: Any) -> None:
@@ -24,6 +25,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
     paths = RunPaths(args.run_dir)
     if not read_metrics(paths.metrics):
         raise ScratchLMError(f"{paths.metrics} is missing or empty; train the run first")
+    for plot in (paths.loss_plot, paths.lr_plot):  # before matplotlib is imported
+        check_output(plot, folder=False)
     name = paths.root.name
     plot_loss(paths.metrics, paths.loss_plot, title=name)
     plot_learning_rate(paths.metrics, paths.lr_plot, title=name)

@@ -10,9 +10,11 @@ from typing import Any
 from scratchlm.cli.options import add_section_options, section_from_args
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_files import decode_utf8, read_text
+from scratchlm.core.user_paths import check_output
 from scratchlm.tokenizer.config import TokenizerConfig
 
 TOKENIZER_FORMATS = ("hf", "tiktoken", "gpt2")
+STUDY_FILES = ("study.json", "study.png")  # what tokenizer.study.save_study writes
 # `tokenizer train` makes a byte-level BPE tokenizer from all the text it is given.
 TRAIN_SKIPS = ("kind", "max_train_chars")
 TRAIN_ALIASES = {
@@ -28,6 +30,9 @@ def register(commands: Any) -> None:
     p = tok_commands.add_parser("train", help="train a tokenizer on text")
     p.add_argument("sources", nargs="+", help="named corpora, text files or folders")
     p.add_argument("--out", required=True, type=Path, help="where to write tokenizer.json")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (and its .vocab)"
+    )
     add_section_options(p, "tokenizer", TokenizerConfig, TRAIN_ALIASES, skip=TRAIN_SKIPS)
     p.set_defaults(handler=cmd_tokenizer_train)
     p = tok_commands.add_parser("encode", help="text -> token ids")
@@ -51,6 +56,7 @@ def register(commands: Any) -> None:
     p.add_argument("--sizes", default="512,1024,2048,4096", help="comma-separated vocab sizes")
     p.add_argument("--width", type=int, default=768, help="model width, for parameter counts")
     p.add_argument("--out", type=Path, default=Path("tokenizer-study"), help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
     p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 or a regex (default gpt4)")
     p.add_argument("--heldout-fraction", type=float, default=0.1, help="documents held out")
     p.add_argument("--seed", type=int, default=1337, help="seed of the held-out split")
@@ -107,6 +113,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
     settings = section_from_args(args, "tokenizer", TokenizerConfig())
     pattern = resolve_pattern(settings.pattern)
+    # Before reading and training (minutes, maybe): the outputs must be writable and new.
+    _check_outputs([args.out, args.out.with_suffix(".vocab")], args.overwrite)
     documents = read_documents(args.sources)
     tokenizer = BPETokenizer.train(
         documents,
@@ -165,6 +173,8 @@ def cmd_tokenizer_study(args: argparse.Namespace) -> None:
 
     sizes = parse_sizes(args.sizes)  # before reading any text, so a typo is reported at once
     pattern = resolve_pattern(args.pattern)
+    check_output(args.out, folder=True)
+    _check_outputs([args.out / name for name in STUDY_FILES], args.overwrite)
     result = study_vocab_sizes(
         read_documents(args.input),
         sizes,
@@ -186,10 +196,11 @@ def cmd_tokenizer_export(args: argparse.Namespace) -> None:
     from scratchlm.tokenizer.patterns import NAMED_PATTERNS
 
     if args.format == "gpt2":
+        check_output(args.out, folder=True)
         outputs = [args.out / "vocab.json", args.out / "merges.txt"]
     else:
         outputs = [args.out]
-    _refuse_to_overwrite(outputs, args.overwrite)
+    _check_outputs(outputs, args.overwrite)
     tokenizer = BPETokenizer.load(args.tokenizer)
     if args.format == "hf":
         from scratchlm.tokenizer.hf_format import save_hf_tokenizer
@@ -257,7 +268,7 @@ def cmd_tokenizer_import(args: argparse.Namespace) -> None:
         )
     pattern = resolve_pattern(args.pattern) if args.pattern is not None else None
     specials = _parse_specials(args.special or [])
-    _refuse_to_overwrite([args.out], args.overwrite)
+    _check_outputs([args.out], args.overwrite)
     if args.pretrained is not None:
         from scratchlm.tokenizer.pretrained import load_pretrained
 
@@ -291,9 +302,10 @@ def _parse_specials(items: list[str]) -> dict[str, int]:
     return specials
 
 
-def _refuse_to_overwrite(paths: list[Path], overwrite: bool) -> None:
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Output files that can be written (core.user_paths.check_output) and, without
+    --overwrite, do not exist yet: the rule of every command that writes."""
     for path in paths:
+        check_output(path, folder=False)
         if path.exists() and not overwrite:
             raise ScratchLMError(f"{path} already exists; pass --overwrite to replace it")
-        if path.is_dir():
-            raise ScratchLMError(f"{path} is a folder; give a file name")

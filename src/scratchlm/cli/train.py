@@ -66,10 +66,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         # Check the config before importing torch, so a typo is reported at once.
         config = load_config(args.config, as_overrides(given))
+        from scratchlm.core.user_paths import check_output
         from scratchlm.runs.layout import RunPaths
         from scratchlm.runs.preparation import prepare_run
         from scratchlm.train.loop import train_model
 
+        check_output(config.run_dir, folder=True)  # before the corpus is read
         prepare_run(config, overwrite=args.overwrite)
         result = train_model(config)
     if result.interrupted:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import os_error_message
 
 
 def read_bytes(path: str | os.PathLike[str], what: str = "file", size: int = -1) -> bytes:
@@ -25,8 +26,8 @@ def read_bytes(path: str | os.PathLike[str], what: str = "file", size: int = -1)
         raise ScratchLMError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise ScratchLMError(f"{what} {path} is a folder, not a file") from None
-    except OSError as e:
-        raise ScratchLMError(f"cannot read {what} {path}: {e.strerror}") from None
+    except OSError as e:  # permissions, a symlink loop, ...: the one message for them
+        raise ScratchLMError(os_error_message(e, f"read {what}", path)) from None
 
 
 def read_text(path: str | os.PathLike[str], what: str = "file") -> str:

@@ -6,8 +6,10 @@ runs the pipeline (pipeline.py), tokenizes what it keeps into train/val shards (
 writes the data report (report.py). All of it is made in a staging folder beside the output
 (`.web.partial-XXXX`, with the pipeline's spill file inside), and moved into the output folder
 only when everything succeeded: a run that fails, on bad input or Ctrl-C, leaves the output
-folder as it was. Files of ours from an earlier preparation that the new one does not have
-(stale shards) are removed; other files in the folder are left alone.
+folder as it was. A folder that already holds a preparation is replaced only with
+`overwrite` (--overwrite, as for every command that would replace its output); then files of
+ours from the earlier preparation that the new one does not have (stale shards) are removed,
+and other files in the folder are left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from scratchlm.core.atomic_files import fsync_dir, staging_folder
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import warn
+from scratchlm.core.user_paths import check_output
 from scratchlm.data.pipeline import CleanCorpus, PipelineSettings, run_pipeline
 from scratchlm.data.prepare import TextEncoder, prepare_shards
 from scratchlm.data.report import REPORT_FILES, build_report, write_report
@@ -44,10 +47,13 @@ def prepare_dataset(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     report_settings: dict[str, Any] | None = None,
     on_problem: Callable[[str], None] = warn,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Read, clean, dedup, tokenize and report into the folder `out`; return the report."""
+    """Read, clean, dedup, tokenize and report into the folder `out`; return the report.
+
+    An earlier preparation in `out` is replaced only with `overwrite`."""
     out = Path(out)
-    check_output_folder(out)
+    check_output_folder(out, overwrite)
     settings = exclude_output(settings, out)
     with staging_folder(out) as stage:
         corpus = run_pipeline(settings, stage / WORK)
@@ -90,9 +96,15 @@ def write_prepared(
     return report
 
 
-def check_output_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ScratchLMError(f"the output {out} is a file; give a folder")
+def check_output_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output folder that cannot be written, or that holds an
+    earlier preparation when not `overwrite`."""
+    check_output(out, folder=True)
+    if not overwrite and out.is_dir() and any(_OURS.fullmatch(p.name) for p in out.iterdir()):
+        raise ScratchLMError(
+            f"{out} already holds prepared data; pass --overwrite to replace it, or choose "
+            "another --out"
+        )
 
 
 def exclude_output(settings: PipelineSettings, out: Path) -> PipelineSettings:
@@ -103,7 +115,10 @@ def exclude_output(settings: PipelineSettings, out: Path) -> PipelineSettings:
     for source in settings.sources:
         if source in CORPORA:
             continue
-        folder = Path(source).expanduser().resolve()
+        try:
+            folder = Path(source).expanduser().resolve()
+        except (RuntimeError, OSError):  # a symbolic link loop: the reader says so in one line
+            continue
         if folder.is_dir() and target.is_relative_to(folder) and target != folder:
             patterns.append(target.relative_to(folder).as_posix() + "/*")
     if not patterns:

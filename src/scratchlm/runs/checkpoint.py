@@ -61,6 +61,24 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def damaged_checkpoint_advice(checkpoint: Path) -> str:
+    """What works with a damaged `checkpoint` (a run's checkpoints/step_N): `train --resume`
+    takes the latest and has no --checkpoint, so it is told to delete the damaged one."""
+    run_dir = checkpoint.parent.parent
+
+    def step(folder: Path) -> int:
+        return int(folder.name.split("_")[1])
+
+    named = _STEP_DIR.match(checkpoint.name) is not None
+    earlier = [p for p in list_checkpoints(run_dir) if named and step(p) < step(checkpoint)]
+    if not earlier:
+        return "no earlier checkpoint exists: retrain the run (`scratchlm train --overwrite`)"
+    return (
+        f"delete {checkpoint} so that `scratchlm train --resume {run_dir}` continues from "
+        f"{earlier[-1]}, or give generate, eval or export --checkpoint {earlier[-1]}"
+    )
+
+
 def latest_checkpoint(run_dir: Path) -> Path:
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -153,7 +171,7 @@ def load_checkpoint(
         if file_sha256(path / name) != digest:
             raise ScratchLMError(
                 f"checkpoint {path} is corrupted: {name} does not match its checksum; "
-                "use an earlier checkpoint (--checkpoint) or retrain"
+                + damaged_checkpoint_advice(path)
             )
     load_model_weights(path / "model.safetensors", model)
     if optimizer is not None:
@@ -235,7 +253,9 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ScratchLMError(f"checkpoint {path} is incomplete: meta.json is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScratchLMError(f"checkpoint {meta_path} is corrupted: {e}") from None
+        raise ScratchLMError(
+            f"checkpoint {meta_path} is corrupted: {e}; {damaged_checkpoint_advice(path)}"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ScratchLMError(
             f"{meta_path}: not a scratchlm checkpoint of format {CHECKPOINT_FORMAT}"
@@ -308,7 +328,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # safetensors raises several types for a damaged header
         raise ScratchLMError(
             f"{path} is truncated or corrupted ({type(e).__name__}: {e}); "
-            "use an earlier checkpoint or retrain"
+            + damaged_checkpoint_advice(path.parent)
         ) from None
 
 
@@ -326,6 +346,7 @@ __all__ = [
     "check_run_matches",
     "check_tokenizer_fingerprint",
     "checkpoint_dir",
+    "damaged_checkpoint_advice",
     "data_fingerprint",
     "file_sha256",
     "latest_checkpoint",

@@ -14,6 +14,7 @@ from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 from scratchlm.runs.checkpoint import (
     TrainingState,
     check_tokenizer_fingerprint,
+    damaged_checkpoint_advice,
     file_sha256,
     latest_checkpoint,
     read_checkpoint_meta,
@@ -65,5 +66,5 @@ def _check_sha256(path: Path, digest: str | None) -> None:
     if digest is not None and file_sha256(path) != digest:
         raise ScratchLMError(
             f"checkpoint {path.parent} is corrupted: {path.name} does not match its checksum; "
-            "use an earlier checkpoint (--checkpoint) or retrain"
+            + damaged_checkpoint_advice(path.parent)
         )
