@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from disk_snapshot import snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = shlex.quote(str(ROOT / "configs" / "tiny.toml"))
 TINY_STEPS = 20  # the recipe's max_steps; checkpoint_interval 10 leaves step 10 and step 20
@@ -97,15 +99,6 @@ def assert_user_error(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under root."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def checkpoints(run: Path) -> list[str]:

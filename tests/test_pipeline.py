@@ -11,7 +11,6 @@ count every problem.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from disk_snapshot import snapshot
 from scratchlm.config import load_config
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.data.clean import CleanConfig, first_failure, normalise_text
@@ -130,14 +130,6 @@ def decoded_shards(folder: Path, tokenizer: BPETokenizer) -> dict[str, list[str]
             ]
         out[split] = texts
     return out
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 # --- the CLI, end to end -----------------------------------------------------------------------

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -11,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from disk_snapshot import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,15 +25,6 @@ def scratchlm(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Com
         text=True,
         timeout=300,
     )
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under root."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
