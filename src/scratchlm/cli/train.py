@@ -50,31 +50,26 @@ def cmd_train(args: argparse.Namespace) -> None:
                 "model are fixed by the checkpoint); only --train.* and --sample.* can"
             )
         from scratchlm.config import load_run_config
-        from scratchlm.runs.layout import RunPaths
 
         config = load_run_config(args.resume, as_overrides(given))
-        paths = RunPaths(config.run_dir)
-        if not paths.is_prepared():
-            raise ScratchLMError(
-                f"{args.resume} has no prepared data; start it again without --resume"
-            )
-        result = _resume(config, paths, remember=bool(given))
-        if result.new_steps == 0:
-            return
     else:
         from scratchlm.config import load_config
 
         # Check the config before importing torch, so a typo is reported at once.
         config = load_config(args.config, as_overrides(given))
-        from scratchlm.core.user_paths import check_output
-        from scratchlm.runs.layout import RunPaths
-        from scratchlm.runs.preparation import prepare_run
-        from scratchlm.train.loop import train_model
+    from scratchlm.runs.layout import RunPaths
+    from scratchlm.train.distributed import distributed_job
 
-        check_output(config.run_dir, folder=True)  # before the corpus is read
-        prepare_run(config, overwrite=args.overwrite)
-        result = train_model(config)
-    if result.interrupted:
+    # Under torchrun with train.parallel = "ddp", every rank runs this command; rank 0 alone
+    # prepares the run's files and prints, and a mistake every rank finds is its line alone.
+    with distributed_job(config.train.parallel) as ranks:
+        try:
+            result = _train(args, config, given, ranks)
+        except ScratchLMError:
+            if not ranks.is_main:
+                raise SystemExit(2) from None
+            raise
+    if result is None or result.interrupted or not ranks.is_main:
         return
     if result.val_loss is not None:
         from scratchlm.train.validation import perplexity
@@ -88,6 +83,37 @@ def cmd_train(args: argparse.Namespace) -> None:
         from scratchlm.cli.generate import print_samples
 
         print_samples(config.run_dir, out_file=RunPaths(config.run_dir).samples)
+
+
+def _train(args: argparse.Namespace, config: RunConfig, given: list[Any], ranks: Any) -> Any:
+    """Train (or resume) the run on this rank; None when a resume had nothing to do."""
+    from scratchlm.runs.layout import RunPaths
+    from scratchlm.train.distributed import main_rank_first
+    from scratchlm.train.loop import train_model
+
+    if args.resume is not None:
+        paths = RunPaths(config.run_dir)
+        if not paths.is_prepared():
+            raise ScratchLMError(
+                f"{args.resume} has no prepared data; start it again without --resume"
+            )
+        # Only rank 0 rewrites the run's config.toml.
+        result = _resume(config, paths, remember=bool(given) and ranks.is_main)
+        return None if result.new_steps == 0 else result
+    from scratchlm.core.user_paths import check_output
+    from scratchlm.runs.preparation import prepare_run
+
+    def prepare() -> None:
+        check_output(config.run_dir, folder=True)  # before the corpus is read
+        prepare_run(config, overwrite=args.overwrite)
+
+    main_rank_first(ranks, prepare)
+    if not ranks.is_main:
+        from scratchlm.config import load_run_config
+
+        # The prepared config.toml holds what preparation decided (the tokenizer's vocab_size).
+        config = load_run_config(config.run_dir)
+    return train_model(config)
 
 
 def _resume(config: RunConfig, paths: Any, remember: bool) -> Any:

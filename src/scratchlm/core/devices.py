@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -11,7 +12,12 @@ from scratchlm.core.errors import ScratchLMError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    """'auto' picks CUDA, then Apple's MPS, then the CPU. In a job torchrun started, 'auto'
+    and 'cuda' mean this rank's own GPU, cuda:LOCAL_RANK (every rank on one GPU would
+    share its memory and serialise)."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if name in ("auto", "cuda") and local_rank is not None and torch.cuda.is_available():
+        return torch.device("cuda", int(local_rank))
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -55,6 +55,10 @@ class TrainConfig:
     # gradients, faster on a CPU and much less memory for a large vocabulary.
     fused_loss: bool = True
     tensorboard: bool = False  # also write TensorBoard scalars (needs `pip install tensorboard`)
+    # Several processes started by torchrun (train/distributed.py): "ddp" gives each rank a
+    # copy of the model and its own share of every batch (DistributedDataParallel); "none"
+    # is one process. FSDP2 and tensor parallelism are to come (issue 14).
+    parallel: Literal["none", "ddp"] = "none"
 
     def validate(self) -> None:
         for name in (
@@ -98,16 +102,19 @@ class TrainConfig:
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ScratchLMError("train.weight_decay and train.grad_clip must be >= 0")
 
-    def accumulation_steps(self, block_size: int) -> int:
-        """Micro-batches per optimizer step: from batch_tokens when set, else grad_accum_steps."""
+    def accumulation_steps(self, block_size: int, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step: from batch_tokens when set (shared by the
+        world_size ranks of a distributed job), else grad_accum_steps."""
         if not self.batch_tokens:
             return self.grad_accum_steps
-        micro = self.batch_size * block_size
+        micro = self.batch_size * block_size * world_size
         if self.batch_tokens % micro:
+            ranks = f" * {world_size} ranks" if world_size > 1 else ""
             raise ScratchLMError(
                 f"train.batch_tokens ({self.batch_tokens:,}) must be a multiple of "
-                f"train.batch_size * model.block_size = {self.batch_size} * {block_size} = "
-                f"{micro:,}; try {max(1, round(self.batch_tokens / micro)) * micro:,}"
+                f"train.batch_size * model.block_size{ranks} = {self.batch_size} * "
+                f"{block_size}{ranks} = {micro:,}; try "
+                f"{max(1, round(self.batch_tokens / micro)) * micro:,}"
             )
         if self.grad_accum_steps not in (1, self.batch_tokens // micro):
             raise ScratchLMError(

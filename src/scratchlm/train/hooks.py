@@ -89,7 +89,8 @@ class TrainingLog(TrainingHook):
         self.peak = peak_flops(ctx.device, self.peak_dtype)
         status(
             f"model: {model.num_parameters():,} parameters | {ctx.tokens_per_step:,} tokens per "
-            f"step ({ctx.accum} x {tc.batch_size} x {ctx.run.model.block_size}) | device "
+            f"step ({ctx.accum} x {tc.batch_size} x {ctx.run.model.block_size}"
+            f"{f' x {ctx.ranks.world_size} ranks' if ctx.ranks.world_size > 1 else ''}) | device "
             f"{ctx.device}, {ctx.dtype}{' (auto)' if tc.dtype == 'auto' else ''} | "
             f"{tc.optimizer}, {tc.schedule} schedule | measured peak "
             f"{self.peak / 1e9:,.1f} GFLOP/s"

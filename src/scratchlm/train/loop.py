@@ -24,12 +24,14 @@ from pathlib import Path
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import is_quiet, quietly
 from scratchlm.runs.checkpoint import list_checkpoints
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.distributed import any_rank, barrier, mean_over_ranks
 from scratchlm.train.hooks import Hooks, StepReport, training_hooks
 from scratchlm.train.interrupt import StopRequest
 from scratchlm.train.ranks import current_ranks
 from scratchlm.train.schedule import lr_factor_at
 from scratchlm.train.setup import TrainableRun, TrainingContext, set_up_training
-from scratchlm.train.step import clip_grad_norm, forward_backward, set_learning_rates
+from scratchlm.train.step import accumulate_gradients, clip_grad_norm, set_learning_rates
 
 
 @dataclass
@@ -107,8 +109,18 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
             factor = lr_factor_at(state.step, tc)
             set_learning_rates(optimizer, ctx.base_lrs, factor)
             step_start = time.perf_counter()
-            loss = forward_backward(
-                ctx.loss_fn, ctx.train_batches.next_batch, ctx.accum, ctx.autocast
+            # The step's mean loss over every rank, read back once (a GPU sync).
+            loss = float(
+                mean_over_ranks(
+                    accumulate_gradients(
+                        ctx.loss_fn,
+                        ctx.train_batches.next_batch,
+                        ctx.accum,
+                        ctx.autocast,
+                        ctx.no_sync,
+                    ),
+                    ctx.ranks,
+                )
             )
             grad_norm = clip_grad_norm(model, tc.grad_clip)
             if tc.compile and state.step == first_step:
@@ -122,6 +134,9 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
                 state.tokens_seen += ctx.tokens_per_step
                 report = StepReport(state.step, loss, grad_norm, tc.learning_rate * factor)
                 hooks.on_step(ctx, report)
+                if _main_rank_writes(tc, state.step):
+                    # Rank 0 evaluated or saved a checkpoint: the others wait for it here.
+                    barrier(ctx.ranks)
             else:
                 optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
@@ -130,12 +145,19 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
                 if bad_in_a_row >= tc.max_bad_steps:
                     raise _too_many_bad_steps(ctx, bad_in_a_row, loss, grad_norm)
 
-            if stop.requested:
+            # Every rank stops at the same step, or the others would wait for it forever.
+            if any_rank(stop.requested, ctx.ranks, ctx.device):
                 hooks.on_stop(ctx)
                 interrupted = True
                 break
     hooks.on_end(ctx)
     return interrupted
+
+
+def _main_rank_writes(tc: TrainConfig, step: int) -> bool:
+    """Whether the hooks evaluate or may save a checkpoint after this step."""
+    due = (tc.eval_interval, tc.checkpoint_interval)
+    return step == tc.max_steps or any(step % interval == 0 for interval in due)
 
 
 def _too_many_bad_steps(

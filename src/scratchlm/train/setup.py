@@ -5,6 +5,7 @@ or another run's weights with train.init_from)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,12 @@ from scratchlm.runs.checkpoint import (
 from scratchlm.runs.layout import RunPaths
 from scratchlm.tokenizer import BPETokenizer
 from scratchlm.train.config import TrainConfig
+from scratchlm.train.distributed import in_group, no_sync_context, wrap_data_parallel
 from scratchlm.train.init_from import load_initial_weights
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.precision import autocast_context, resolve_dtype
 from scratchlm.train.ranks import Ranks
-from scratchlm.train.step import LossFn, make_loss_fn
+from scratchlm.train.step import LossFn, model_loss
 
 # The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
 # tensor under this prefix.
@@ -60,7 +62,7 @@ class TrainingContext:
     paths: RunPaths
     ranks: Ranks
     device: torch.device
-    model: GPT
+    model: GPT  # the model itself, never DDP's wrapper: evaluated and saved as it is
     optimizer: torch.optim.Optimizer
     # Each group's peak rate comes from the config, not from a checkpoint's saved groups, so a
     # changed --train.muon_lr on resume takes effect.
@@ -71,7 +73,10 @@ class TrainingContext:
     accum: int  # micro-batches per optimizer step
     dtype: str  # "float32" or "bfloat16" ("auto" resolved)
     autocast: AbstractContextManager[object]
+    # The loss the steps train on: the model's, through DDP in a job of several ranks (whose
+    # no_sync the micro-steps but the last run under), torch.compile'd with train.compile.
     loss_fn: LossFn
+    no_sync: Callable[[], AbstractContextManager[object]]
     resumed_from: Path | None  # the run's own checkpoint it continues, if any
     val_loss: float | None = None  # the latest validation loss
     last_checkpoint: Path | None = None  # the latest checkpoint saved by this call
@@ -82,7 +87,9 @@ class TrainingContext:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.config.batch_size * self.accum * self.run.model.block_size
+        """Tokens of one optimizer step, all ranks together."""
+        tokens_per_rank = self.config.batch_size * self.accum * self.run.model.block_size
+        return tokens_per_rank * self.ranks.world_size
 
     def rng_states(self) -> dict[str, torch.Tensor]:
         """The torch RNG and the training loader's state, for a checkpoint."""
@@ -130,6 +137,11 @@ def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingCo
                 tc.init_from, model, run.model, identity["tokenizer"]
             )
     dtype = resolve_dtype(device, tc.dtype, run.model.n_embd)
+    loss: LossFn = model_loss(model, tc)
+    wrapped = None
+    if in_group(ranks):
+        # After the weights are final: DDP broadcasts rank 0's to the others as it wraps.
+        loss = wrapped = wrap_data_parallel(model, loss, device)
     return TrainingContext(
         run=run,
         paths=paths,
@@ -141,10 +153,11 @@ def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingCo
         train_batches=train_batches,
         val_batches=val_batches,
         state=state,
-        accum=tc.accumulation_steps(run.model.block_size),
+        accum=tc.accumulation_steps(run.model.block_size, ranks.world_size),
         dtype=dtype,
         autocast=autocast_context(device, dtype),
-        loss_fn=make_loss_fn(model, tc),
+        loss_fn=torch.compile(loss) if tc.compile else loss,
+        no_sync=no_sync_context(wrapped),
         resumed_from=resumed_from,
     )
 

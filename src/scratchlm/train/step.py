@@ -4,7 +4,7 @@ micro-batches, and gradient clipping (the loop and the benchmarks share them).""
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
@@ -15,10 +15,9 @@ from scratchlm.train.config import TrainConfig
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
-    """(x, y) -> the mean loss of one micro-batch, as training computes it: the fused,
-    chunked head and cross-entropy (train.fused_loss) or forward's, torch.compile'd with
-    train.compile (compiled on the first call; the loop reports that step's time apart)."""
+def model_loss(model: GPT, tc: TrainConfig) -> LossFn:
+    """(x, y) -> the mean loss of one micro-batch, as training computes it: the fused, chunked
+    head and cross-entropy (train.fused_loss) or forward's."""
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
         if tc.fused_loss:
@@ -27,7 +26,38 @@ def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
         assert loss is not None
         return loss
 
+    return loss_fn
+
+
+def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
+    """model_loss, torch.compile'd with train.compile (compiled on the first call; the loop
+    reports that step's time apart)."""
+    loss_fn = model_loss(model, tc)
     return torch.compile(loss_fn) if tc.compile else loss_fn
+
+
+def accumulate_gradients(
+    loss_fn: LossFn,
+    next_batch: Callable[[], tuple[Tensor, Tensor]],
+    accum: int,
+    autocast: AbstractContextManager[object],
+    no_sync: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> Tensor:
+    """Forward and backward passes of `accum` micro-batches, gradients summed into .grad;
+    returns the mean loss over them as a detached tensor on the model's device (reading it
+    is a GPU sync: the caller does it once per step, not once per micro-batch). All but the
+    last micro-batch run under `no_sync` (DDP's: only the last backward all-reduces)."""
+    loss_sum: Tensor | None = None
+    for i in range(accum):
+        x, y = next_batch()
+        with no_sync() if i < accum - 1 else nullcontext():
+            with autocast:
+                loss = loss_fn(x, y)
+            # Each micro-batch contributes its share of the mean over the whole step.
+            (loss / accum).backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    assert loss_sum is not None, "accum must be at least 1"
+    return loss_sum.float() / accum
 
 
 def forward_backward(
@@ -36,17 +66,8 @@ def forward_backward(
     accum: int,
     autocast: AbstractContextManager[object],
 ) -> float:
-    """Forward and backward passes of `accum` micro-batches, gradients summed into .grad;
-    returns the mean loss over them."""
-    loss_sum = 0.0
-    for _ in range(accum):
-        x, y = next_batch()
-        with autocast:
-            loss = loss_fn(x, y)
-        # Each micro-batch contributes its share of the mean over the whole step.
-        (loss / accum).backward()
-        loss_sum += float(loss.detach())
-    return loss_sum / accum
+    """accumulate_gradients, its mean loss read back as a float."""
+    return float(accumulate_gradients(loss_fn, next_batch, accum, autocast))
 
 
 def clip_grad_norm(model: torch.nn.Module, clip: float) -> float:
