@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import check_output
 
 MODEL_EXPORT_FORMATS = ("hf", "gguf")
@@ -51,16 +50,9 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=cmd_import)
 
 
-def _refuse_existing(out: Path, overwrite: bool, folder: bool) -> None:
-    # Checked here too, before torch is imported for the runs/ modules.
-    check_output(out, folder)
-    if out.exists() and not overwrite:
-        raise ScratchLMError(f"{out} already exists; pass --overwrite to replace it")
-
-
 def cmd_export(args: argparse.Namespace) -> None:
-    # hf writes a folder; gguf one file.
-    _refuse_existing(args.out, args.overwrite, folder=args.format == "hf")
+    # hf writes a folder, gguf one file; checked here, before torch is imported for runs/.
+    check_output(args.out, folder=args.format == "hf", overwrite=args.overwrite)
     if args.format == "gguf":
         from scratchlm.runs.gguf_runs import export_gguf_run
 
@@ -79,7 +71,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    _refuse_existing(args.out, args.overwrite, folder=True)  # a run directory
+    check_output(args.out, folder=True, overwrite=args.overwrite)  # a run directory
     if args.format == "gguf":
         from scratchlm.runs.gguf_runs import import_gguf_run
 

@@ -306,6 +306,4 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     """Output files that can be written (core.user_paths.check_output) and, without
     --overwrite, do not exist yet: the rule of every command that writes."""
     for path in paths:
-        check_output(path, folder=False)
-        if path.exists() and not overwrite:
-            raise ScratchLMError(f"{path} already exists; pass --overwrite to replace it")
+        check_output(path, folder=False, overwrite=overwrite)

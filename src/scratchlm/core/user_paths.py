@@ -41,6 +41,23 @@ def os_error_message(error: OSError, action: str | None = None, path: object = N
     return f"cannot {action} {target}: {reason}; {fix}"
 
 
+# What an error number means for a path, and what to do about it.
+_REASONS: dict[int, tuple[str, str]] = {
+    errno.EROFS: ("the file system is read-only", "choose a folder on a writable disk"),
+    errno.ENOSPC: ("the disk is full", "free some space or choose a folder on another disk"),
+    errno.EDQUOT: ("the disk is full", "free some space or choose a folder on another disk"),
+    errno.EISDIR: ("it is a folder", "give a file name, not a folder"),
+    errno.ENOTDIR: ("part of it is not a folder", "choose another path"),
+    errno.EEXIST: ("it already exists", "remove it or choose another path"),
+    errno.ELOOP: (
+        "a symbolic link in it loops back on itself",
+        "fix the link or give the real path",
+    ),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+    errno.ENOENT: ("it does not exist", "check the path"),
+}
+
+
 def _reason_and_fix(error: OSError, action: str, target: Path) -> tuple[str, str]:
     code = error.errno
     # Making the parent folders of a path meets a file among them as EEXIST or ENOTDIR.
@@ -51,24 +68,9 @@ def _reason_and_fix(error: OSError, action: str, target: Path) -> tuple[str, str
         if action == "write":
             return "permission denied", "choose a folder you can write to (or fix its permissions)"
         return "permission denied", "fix its permissions or choose another path"
-    if code == errno.EROFS:
-        return "the file system is read-only", "choose a folder on a writable disk"
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full", "free some space or choose a folder on another disk"
-    if code == errno.EISDIR:
-        return "it is a folder", "give a file name, not a folder"
-    if code == errno.ENOTDIR:
-        return "part of it is not a folder", "choose another path"
-    if code == errno.EEXIST:
-        return "it already exists", "remove it or choose another path"
-    if code == errno.ELOOP:
-        return "a symbolic link in it loops back on itself", "fix the link or give the real path"
-    if code == errno.ENAMETOOLONG:
-        return "the name is too long", "choose a shorter path"
-    if code == errno.ENOENT:
-        return "it does not exist", "check the path"
-    reason = (error.strerror or str(error)).lower()
-    return reason, "check the path and try again"
+    if code in _REASONS:
+        return _REASONS[code]
+    return (error.strerror or str(error)).lower(), "check the path and try again"
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -89,10 +91,18 @@ def user_path_errors(path: str | os.PathLike[str], action: str) -> Iterator[None
         raise ScratchLMError(os_error_message(e, action, path)) from None
 
 
-def check_output(path: str | os.PathLike[str], folder: bool) -> None:
+def refuse_existing(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """The rule of every command that writes: an existing output is replaced only with
+    --overwrite."""
+    if not overwrite and Path(path).exists():
+        raise ScratchLMError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def check_output(path: str | os.PathLike[str], folder: bool, overwrite: bool = True) -> None:
     """Refuse at once, before any work, an output `path` (a folder if `folder`, else a file)
     that cannot be written: a file where a folder is wanted or the reverse, a file among its
-    parent folders, a folder that does not let us write. Nothing is left behind."""
+    parent folders, a folder that does not let us write, or (without `overwrite`) one that
+    exists. Nothing is left behind."""
     path = Path(path)
     if path.is_dir() and not folder:
         raise ScratchLMError(f"cannot write {path}: it is a folder; give a file name")
@@ -112,6 +122,7 @@ def check_output(path: str | os.PathLike[str], folder: bool) -> None:
         places.append(path)
     for place in places:
         _try_writing_in(place, path)
+    refuse_existing(path, overwrite)
 
 
 def _try_writing_in(folder: Path, path: Path) -> None:

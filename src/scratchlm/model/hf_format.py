@@ -31,6 +31,7 @@ from torch import Tensor
 
 from scratchlm.core.atomic_files import fsync_dir
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
@@ -376,8 +377,7 @@ def save_hf_model(
     """
     folder = Path(folder)
     arch = hf_architecture(model.config)  # before touching anything
-    if folder.exists() and not overwrite:
-        raise ScratchLMError(f"{folder} already exists; pass --overwrite to replace it")
+    refuse_existing(folder, overwrite)
     if arch == "gpt2":
         hf_config, state = (
             model_config_to_gpt2_config(model.config),

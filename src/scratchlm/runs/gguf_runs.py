@@ -15,6 +15,7 @@ import torch
 
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model import GPT
 from scratchlm.runs.gguf_file import GGUFModel, read_gguf, write_gguf
 from scratchlm.runs.imported import save_imported_run
@@ -30,8 +31,7 @@ def import_gguf_run(
     from scratchlm.model.hf_format import gpt_from_hf_state_dict
 
     run_dir = Path(run_dir)
-    if run_dir.exists() and not overwrite:  # before the slow read
-        raise ScratchLMError(f"{run_dir} already exists; pass --overwrite to replace it")
+    refuse_existing(run_dir, overwrite)  # before the slow read
     model = read_gguf(path)
     config, state = _padded_to_tokenizer(model)
     gpt = gpt_from_hf_state_dict(config, state, where=str(path))

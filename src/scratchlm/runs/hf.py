@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model import GPT
 from scratchlm.model.hf_format import (
     TOKENIZER_FILE,
@@ -31,8 +32,7 @@ def import_hf_run(
     """Make `out` a scratchlm run of the Hugging Face model folder `source` (config.toml,
     tokenizer.json, one weights-only checkpoint, its bos/eos/pad roles); returns its model."""
     source, out = Path(source), Path(out)
-    if out.exists() and not overwrite:  # before reading anything
-        raise ScratchLMError(f"{out} already exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite)  # before reading anything
     hf_config = read_hf_config(source)  # a missing folder or config.json is named first
     if not (source / TOKENIZER_FILE).is_file():
         raise ScratchLMError(
@@ -60,8 +60,7 @@ def export_hf_run(
     """Write the model of a run (default: its latest checkpoint) as a folder that transformers
     loads as GPT2LMHeadModel or LlamaForCausalLM, with its tokenizer; returns the model."""
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not overwrite:  # before loading anything
-        raise ScratchLMError(f"{out} already exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite)  # before loading anything
     _, tokenizer, model = load_trained_model(run_dir, Path(checkpoint) if checkpoint else None)
     save_hf_model(
         model,

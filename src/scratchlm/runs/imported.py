@@ -15,6 +15,7 @@ import tomli_w
 
 from scratchlm.core.atomic_files import atomic_write_text, staging_folder
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model import GPT
 from scratchlm.runs.checkpoint import CHECKPOINT_FORMAT, checkpoint_dir, file_sha256
 from scratchlm.runs.layout import TOKEN_ROLES, TOKEN_ROLES_FILE
@@ -36,8 +37,7 @@ def save_imported_run(
     folder is replaced only with overwrite=True.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not overwrite:
-        raise ScratchLMError(f"{run_dir} already exists; pass --overwrite to replace it")
+    refuse_existing(run_dir, overwrite)
     # A run pairs a model with a tokenizer of exactly its vocabulary size (load_trained_model).
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ScratchLMError(

@@ -95,7 +95,7 @@ def main_rank_first(ranks: Ranks, work: Callable[[], T]) -> T | None:
     if not in_group(ranks):
         return work()
     result: T | None = None
-    ok = torch.zeros(1)
+    ok = torch.zeros(1, device=_collective_device())
     try:
         if ranks.is_main:
             result = work()
@@ -106,6 +106,13 @@ def main_rank_first(ranks: Ranks, work: Callable[[], T]) -> T | None:
     if not ok.item():
         raise SystemExit(2)
     return result
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor for a collective must live: NCCL moves only CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def in_group(ranks: Ranks) -> bool:

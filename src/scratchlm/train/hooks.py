@@ -35,6 +35,11 @@ class StepReport:
     lr: float  # the peak group's learning rate (train.learning_rate times the schedule)
 
 
+def is_due(step: int, interval: int, max_steps: int) -> bool:
+    """Whether something done every `interval` steps (and at the last) happens after `step`."""
+    return step % interval == 0 or step == max_steps
+
+
 class TrainingHook:
     """The events of a run; each method does nothing unless a hook overrides it."""
 
@@ -113,7 +118,7 @@ class TrainingLog(TrainingHook):
         tc, state = ctx.config, ctx.state
         self.window_tokens += ctx.tokens_per_step
         self.bar.update(1)
-        if not (report.step % tc.log_interval == 0 or report.step == tc.max_steps):
+        if not is_due(report.step, tc.log_interval, tc.max_steps):
             return
         now = time.perf_counter()
         tokens_per_s = self.window_tokens / max(now - self.window_start, 1e-9)
@@ -169,7 +174,7 @@ class Evaluation(TrainingHook):
 
     def on_step(self, ctx: TrainingContext, report: StepReport) -> None:
         tc, state = ctx.config, ctx.state
-        if not (report.step % tc.eval_interval == 0 or report.step == tc.max_steps):
+        if not is_due(report.step, tc.eval_interval, tc.max_steps):
             return
         batches = ctx.val_batches.eval_batches(tc.eval_batches)
         loss = evaluate_loss(ctx.model, batches, ctx.autocast)
@@ -192,7 +197,7 @@ class CheckpointPolicy(TrainingHook):
 
     def on_step(self, ctx: TrainingContext, report: StepReport) -> None:
         tc, state = ctx.config, ctx.state
-        due = report.step % tc.checkpoint_interval == 0 or report.step == tc.max_steps
+        due = is_due(report.step, tc.checkpoint_interval, tc.max_steps)
         # A best checkpoint is kept, so it must exist.
         new_best = tc.keep_best and state.best_step == report.step
         if due or new_best:

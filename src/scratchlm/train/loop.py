@@ -26,7 +26,7 @@ from scratchlm.core.messages import is_quiet, quietly
 from scratchlm.runs.checkpoint import list_checkpoints
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.distributed import any_rank, barrier, mean_over_ranks
-from scratchlm.train.hooks import Hooks, StepReport, training_hooks
+from scratchlm.train.hooks import Hooks, StepReport, is_due, training_hooks
 from scratchlm.train.interrupt import StopRequest
 from scratchlm.train.ranks import current_ranks
 from scratchlm.train.schedule import lr_factor_at
@@ -156,8 +156,10 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
 
 def _main_rank_writes(tc: TrainConfig, step: int) -> bool:
     """Whether the hooks evaluate or may save a checkpoint after this step."""
-    due = (tc.eval_interval, tc.checkpoint_interval)
-    return step == tc.max_steps or any(step % interval == 0 for interval in due)
+    return any(
+        is_due(step, interval, tc.max_steps)
+        for interval in (tc.eval_interval, tc.checkpoint_interval)
+    )
 
 
 def _too_many_bad_steps(

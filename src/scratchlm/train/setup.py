@@ -35,7 +35,7 @@ from scratchlm.train.init_from import load_initial_weights
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.precision import autocast_context, resolve_dtype
 from scratchlm.train.ranks import Ranks
-from scratchlm.train.step import LossFn, model_loss
+from scratchlm.train.step import LossFn, compiled, model_loss
 
 # The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
 # tensor under this prefix.
@@ -156,7 +156,7 @@ def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingCo
         accum=tc.accumulation_steps(run.model.block_size, ranks.world_size),
         dtype=dtype,
         autocast=autocast_context(device, dtype),
-        loss_fn=torch.compile(loss) if tc.compile else loss,
+        loss_fn=compiled(loss, tc),
         no_sync=no_sync_context(wrapped),
         resumed_from=resumed_from,
     )

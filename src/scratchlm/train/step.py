@@ -29,11 +29,15 @@ def model_loss(model: GPT, tc: TrainConfig) -> LossFn:
     return loss_fn
 
 
-def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
-    """model_loss, torch.compile'd with train.compile (compiled on the first call; the loop
+def compiled(loss_fn: LossFn, tc: TrainConfig) -> LossFn:
+    """loss_fn, torch.compile'd with train.compile (compiled on the first call; the loop
     reports that step's time apart)."""
-    loss_fn = model_loss(model, tc)
     return torch.compile(loss_fn) if tc.compile else loss_fn
+
+
+def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
+    """model_loss as training runs it (compiled with train.compile)."""
+    return compiled(model_loss(model, tc), tc)
 
 
 def accumulate_gradients(
