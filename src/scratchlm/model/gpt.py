@@ -182,7 +182,7 @@ class CausalSelfAttention(nn.Module):
         are this step's RoPE angles (None without RoPE); cache is this layer's (k, v) buffers
         and pos the slots already in them; mask (T, S) or (B, 1, T, S), True = attend, or None
         for plain causal attention."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         # Split channels into H query, K key and K value heads, heads next to batch.
         qkv = self.c_attn(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D)
@@ -205,7 +205,7 @@ class CausalSelfAttention(nn.Module):
                 v = cache_v[:, :, : pos + T].to(q.dtype)
         if T == 1 and pos > 0 and not self.training:
             y = decode_attention(q, k, v, mask)
-            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -218,7 +218,9 @@ class CausalSelfAttention(nn.Module):
             # Each group of H/K query heads shares one key/value head.
             enable_gqa=K != H,
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        # Heads side by side again: (B, T, H * D), which is C unless tensor parallelism gave
+        # this rank only some of the heads (train/sharding.py).
+        y = y.transpose(1, 2).contiguous().view(B, T, H * D)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -231,7 +233,15 @@ class SplitLinear(nn.Linear):
     half. Anything standing in for this layer (a quantised copy) offers `halves` too.
     """
 
+    # Tensor parallelism (train/sharding.py) turns this off: there each rank's shard of the
+    # weight holds its own rows of both halves, and the matmul must go through forward, where
+    # the sharding hooks are.
+    split_matmul = True
+
     def halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.split_matmul:
+            first, second = self(x).chunk(2, dim=-1)
+            return first, second
         w_first, w_second = self.weight.chunk(2)  # (F, C) each
         b_first, b_second = (None, None) if self.bias is None else self.bias.chunk(2)
         return F.linear(x, w_first, b_first), F.linear(x, w_second, b_second)  # (B, T, F) each

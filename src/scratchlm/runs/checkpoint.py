@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def save_checkpoint(
     run_dir: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     state: TrainingState,
     rng_states: dict[str, torch.Tensor],
     keep: int | None = None,
@@ -99,6 +100,9 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoints/step_NNNNNN atomically; then keep only the newest `keep` checkpoints
     and the one of step `protect` (the best by validation loss).
+
+    model and optimizer are the objects, or (for a sharded model, gathered whole) the model's
+    tensors by name, each shared tensor once, and the optimizer's state_dict().
 
     A failed write (a full disk, say) raises ScratchLMError naming the checkpoint that is
     still intact; nothing older is removed before the new checkpoint is complete.
@@ -281,13 +285,18 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
         )
 
 
-def _save_model(model: nn.Module, path: Path) -> None:
-    # save_model drops the second name of shared (tied) tensors; load_model restores the tie.
-    safetensors.torch.save_model(model, str(path))
+def _save_model(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
+    if isinstance(model, nn.Module):
+        # save_model drops the second name of shared (tied) tensors; load_model restores the tie.
+        safetensors.torch.save_model(model, str(path))
+    else:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in model.items()}, str(path))
 
 
-def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    state_dict = optimizer.state_dict()
+def _save_optimizer(optimizer: torch.optim.Optimizer | dict[str, Any], path: Path) -> None:
+    state_dict = (
+        optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    )
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in state_dict["state"].items():
@@ -304,6 +313,11 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    load_optimizer_state(optimizer, read_optimizer_state(path), path)
+
+
+def read_optimizer_state(path: Path) -> dict[str, Any]:
+    """An optimizer.safetensors as the state_dict() it was saved from."""
     tensors = _read_safetensors(path)
     with safetensors.safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
@@ -314,8 +328,15 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
         state.setdefault(int(index), {})[name] = value
     for index, values in json.loads(metadata.get("scalars", "{}")).items():
         state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": param_groups}
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], path: Path
+) -> None:
+    """optimizer.load_state_dict, with a mismatch named as the checkpoint's (at `path`)."""
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+        optimizer.load_state_dict(state_dict)
     except (ValueError, KeyError) as e:
         raise ScratchLMError(f"{path}: optimizer state does not fit this model: {e}") from None
 
@@ -353,6 +374,8 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_model_weights",
+    "load_optimizer_state",
     "read_checkpoint_meta",
+    "read_optimizer_state",
     "save_checkpoint",
 ]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scratchlm.train.sharding import mesh_groups
+
 
 class AdamW(torch.optim.Optimizer):
     """AdamW on PyTorch tensors. torch.optim.Optimizer gives us param groups and state_dict.
@@ -66,6 +68,14 @@ def adamw_update(
     beta1, beta2 = group["betas"]
     params = [p for p in group["params"] if p.grad is not None]
     if not params:
+        return
+    groups = mesh_groups(params)
+    if foreach and len(groups) > 1:
+        # Tensor parallelism splits some parameters and leaves others whole (or split on
+        # another mesh); a foreach kernel takes one kind at a time.
+        for indices in groups:
+            kind = [params[i] for i in indices]
+            adamw_update(optimizer, {**group, "params": kind}, foreach)
         return
     states = [_adam_state(optimizer, p) for p in params]
     for state in states:

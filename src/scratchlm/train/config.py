@@ -55,10 +55,19 @@ class TrainConfig:
     # gradients, faster on a CPU and much less memory for a large vocabulary.
     fused_loss: bool = True
     tensorboard: bool = False  # also write TensorBoard scalars (needs `pip install tensorboard`)
-    # Several processes started by torchrun (train/distributed.py): "ddp" gives each rank a
-    # copy of the model and its own share of every batch (DistributedDataParallel); "none"
-    # is one process. FSDP2 and tensor parallelism are to come (issue 14).
-    parallel: Literal["none", "ddp"] = "none"
+    # Several processes started by torchrun (train/distributed.py, train/sharding.py):
+    #   "ddp"  each rank a whole copy of the model and its own share of every batch;
+    #   "fsdp" each rank holds 1/N of every weight, gradient and optimizer moment (FSDP2);
+    #   "tp"   each rank holds some heads of every attention and part of every MLP (tensor
+    #          parallelism), all ranks on the same batch;
+    #   "none" one process.
+    parallel: Literal["none", "ddp", "fsdp", "tp"] = "none"
+    # Tensor-parallel degree. With "tp", 0 means every rank; with "fsdp", K > 1 arranges the
+    # ranks as (ranks / K) data-parallel groups of K tensor-parallel ranks (a 2-D mesh).
+    tp: int = 0
+    # fsdp: free each block's gathered weights after its forward and gather them again for
+    # its backward: less memory, one more all-gather per block.
+    reshard_after_forward: bool = True
 
     def validate(self) -> None:
         for name in (
@@ -74,6 +83,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ScratchLMError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.tp < 0:
+            raise ScratchLMError(f"train.tp must be >= 0 (0: every rank with 'tp'), got {self.tp}")
         if self.warmup_steps < 0:
             raise ScratchLMError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.batch_tokens < 0:

@@ -1,4 +1,5 @@
-"""Training on several processes with torch.distributed: data parallelism (DDP) under torchrun.
+"""Training on several processes with torch.distributed under torchrun: the process group, DDP,
+and the collectives the loop needs (sharding.py splits the model itself: FSDP2 and TP).
 
 torchrun starts one process per device and gives each RANK, WORLD_SIZE, LOCAL_RANK and the
 rendezvous address in its environment. With train.parallel = "ddp" every process joins the
@@ -23,11 +24,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import note
 from scratchlm.train.ranks import Ranks, current_ranks
+from scratchlm.train.sharding import fsdp_no_sync
 
 T = TypeVar("T")
 
@@ -45,8 +48,8 @@ def launched_rank() -> int:
 def distributed_job(parallel: str) -> Iterator[Ranks]:
     """The process group for the duration of a training command, and this process's place in it.
 
-    parallel = "ddp" under torchrun with several processes: join the group (gloo or NCCL,
-    picked by whether CUDA is here), and at the end tear it down cleanly. Otherwise one plain
+    parallel = "ddp", "fsdp" or "tp" under torchrun with several processes: join the group
+    (gloo or NCCL, picked by whether CUDA is here), and at the end tear it down cleanly. Otherwise one plain
     process, rank 0 of 1. A job of several processes with parallel = "none" would train N
     copies writing the same files, so it is refused (by rank 0 only; the others exit quietly).
     """
@@ -151,10 +154,14 @@ def wrap_data_parallel(
 def no_sync_context(
     wrapped: torch.nn.Module | None,
 ) -> Callable[[], AbstractContextManager[object]]:
-    """What the micro-steps but the last of an accumulated step run under: DDP's no_sync (the
-    gradients add up locally; only the last backward all-reduces), or nothing."""
+    """What the micro-steps but the last of an accumulated step run under: DDP's or FSDP2's
+    no_sync (the gradients add up locally; only the last backward all-reduces or
+    reduce-scatters), or nothing."""
     if isinstance(wrapped, DistributedDataParallel):
         return wrapped.no_sync
+    if isinstance(wrapped, FSDPModule):
+        root = wrapped
+        return lambda: fsdp_no_sync(root)
     return nullcontext
 
 
@@ -175,3 +182,23 @@ def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def broadcast_from_main(value: float, ranks: Ranks) -> float:
+    """Rank 0's `value` on every rank: a decision all ranks take on one number (is this the
+    best validation loss?) must see the same number, to the bit."""
+    if not in_group(ranks):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def gather_values(value: float, ranks: Ranks) -> list[float]:
+    """Every rank's `value`, in rank order, on every rank (e.g. each rank's tokens/s)."""
+    if not in_group(ranks):
+        return [value]
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    gathered = [torch.zeros_like(tensor) for _ in range(ranks.world_size)]
+    dist.all_gather(gathered, tensor)
+    return [float(t.item()) for t in gathered]

@@ -1,6 +1,7 @@
 """What happens around the optimizer steps, as hooks the loop calls: metrics and the progress
 bar, evaluation, checkpoints and plots. Only the main rank has them (training_hooks), so
-every other rank of a job only computes.
+every other rank of a job only computes, except where the model is split among the ranks
+(FSDP, TP): then every rank evaluates and gathers checkpoints with it, and rank 0 writes.
 
 The loop calls, in order: on_start; on_compiled after a compiled first step; on_step after
 each optimizer step or on_skipped_step after a step thrown away; on_stop when SIGINT/SIGTERM
@@ -18,10 +19,12 @@ from typing import Any
 import torch
 
 from scratchlm.core.messages import progress, status
-from scratchlm.runs.checkpoint import save_checkpoint
+from scratchlm.runs.checkpoint import checkpoint_dir, save_checkpoint
+from scratchlm.train.distributed import broadcast_from_main
 from scratchlm.train.flops import flops_per_token, peak_flops, raise_peak
 from scratchlm.train.metrics import MetricsLog, plot_learning_rate, plot_loss
 from scratchlm.train.setup import TrainingContext
+from scratchlm.train.sharding import gather_model_tensors, gather_optimizer_state
 from scratchlm.train.validation import evaluate_loss, perplexity
 
 
@@ -33,6 +36,8 @@ class StepReport:
     train_loss: float
     grad_norm: float
     lr: float  # the peak group's learning rate (train.learning_rate times the schedule)
+    # Each rank's tokens/s over the last log window, in rank order (at log steps only).
+    rank_tokens_per_s: list[float] | None = None
 
 
 def is_due(step: int, interval: int, max_steps: int) -> bool:
@@ -134,6 +139,11 @@ class TrainingLog(TrainingHook):
                 "lr": report.lr,
                 "grad_norm": report.grad_norm,
                 "tokens_per_s": tokens_per_s,
+                **(
+                    {"rank_tokens_per_s": report.rank_tokens_per_s}
+                    if report.rank_tokens_per_s and len(report.rank_tokens_per_s) > 1
+                    else {}
+                ),
                 "flops_per_s": flops_per_s,
                 "mfu": flops_per_s / self.peak if self.peak > 0 else math.nan,
                 "tokens_seen": state.tokens_seen,
@@ -167,9 +177,10 @@ class TrainingLog(TrainingHook):
 
 class Evaluation(TrainingHook):
     """The validation loss every train.eval_interval steps and at the last, logged, printed
-    and kept as the best if it is (so CheckpointPolicy keeps that checkpoint)."""
+    and kept as the best if it is (so CheckpointPolicy keeps that checkpoint). Ranks other
+    than the main one (log None) take part when the model is split among them."""
 
-    def __init__(self, log: TrainingLog) -> None:
+    def __init__(self, log: TrainingLog | None) -> None:
         self.log = log
 
     def on_step(self, ctx: TrainingContext, report: StepReport) -> None:
@@ -177,11 +188,16 @@ class Evaluation(TrainingHook):
         if not is_due(report.step, tc.eval_interval, tc.max_steps):
             return
         batches = ctx.val_batches.eval_batches(tc.eval_batches)
-        loss = evaluate_loss(ctx.model, batches, ctx.autocast)
-        self.log.append({"step": report.step, "val_loss": loss, "val_perplexity": perplexity(loss)})
+        loss = evaluate_loss(ctx.model, batches, ctx.autocast, ctx.eval_loss_fn)
+        if ctx.sharded:
+            # Which checkpoint is the best is decided on one number, the same on every rank.
+            loss = broadcast_from_main(loss, ctx.ranks)
         if state.best_val_loss is None or loss < state.best_val_loss:
             state.best_val_loss, state.best_step = loss, report.step
         ctx.val_loss = loss
+        if self.log is None:
+            return
+        self.log.append({"step": report.step, "val_loss": loss, "val_perplexity": perplexity(loss)})
         status(
             f"step {report.step:>6,}: train loss {report.train_loss:.4f} | val loss "
             f"{loss:.4f} | val perplexity {perplexity(loss):.2f}"
@@ -190,7 +206,8 @@ class Evaluation(TrainingHook):
 
 class CheckpointPolicy(TrainingHook):
     """A checkpoint every train.checkpoint_interval steps, at the last step, at a new best
-    validation loss (with train.keep_best, which keeps it), and when asked to stop."""
+    validation loss (with train.keep_best, which keeps it), and when asked to stop. A split
+    model is gathered whole by every rank, and saved by rank 0, as a one-process run's is."""
 
     def __init__(self) -> None:
         self.saved_step: int | None = None
@@ -209,16 +226,24 @@ class CheckpointPolicy(TrainingHook):
 
     def save(self, ctx: TrainingContext) -> Path:
         tc, state = ctx.config, ctx.state
+        model: Any = ctx.model
+        optimizer: Any = ctx.optimizer
+        if ctx.sharded:  # every rank takes part in gathering
+            model = gather_model_tensors(ctx.model, ctx.tp)
+            optimizer = gather_optimizer_state(ctx.optimizer, ctx.model, ctx.tp)
+        self.saved_step = state.step
+        if not ctx.ranks.is_main:
+            ctx.last_checkpoint = checkpoint_dir(ctx.paths.root, state.step)
+            return ctx.last_checkpoint
         ctx.last_checkpoint = save_checkpoint(
             ctx.paths.root,
-            ctx.model,
-            ctx.optimizer,
+            model,
+            optimizer,
             state,
             ctx.rng_states(),
             keep=tc.keep_checkpoints,
             protect=state.best_step if tc.keep_best else None,
         )
-        self.saved_step = state.step
         return ctx.last_checkpoint
 
 
@@ -268,9 +293,10 @@ class Hooks(TrainingHook):
 
 
 def training_hooks(ctx: TrainingContext, resume: bool) -> Hooks:
-    """The hooks of a run: all of them on the main rank, none on the others (whose output,
-    files and evaluation would only repeat the main rank's)."""
+    """The hooks of a run: all of them on the main rank; on the others none (their output,
+    files and evaluation would only repeat the main rank's), or, when the model is split among
+    the ranks, the evaluation and checkpoints they must take part in."""
     if not ctx.ranks.is_main:
-        return Hooks([])
+        return Hooks([Evaluation(None), CheckpointPolicy()] if ctx.sharded else [])
     log = TrainingLog(ctx, resume)
     return Hooks([log, Evaluation(log), CheckpointPolicy(), Plots()])

@@ -25,7 +25,7 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import is_quiet, quietly
 from scratchlm.runs.checkpoint import list_checkpoints
 from scratchlm.train.config import TrainConfig
-from scratchlm.train.distributed import any_rank, barrier, mean_over_ranks
+from scratchlm.train.distributed import any_rank, barrier, gather_values, mean_over_ranks
 from scratchlm.train.hooks import Hooks, StepReport, is_due, training_hooks
 from scratchlm.train.interrupt import StopRequest
 from scratchlm.train.ranks import current_ranks
@@ -100,6 +100,8 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
     """
     tc, state, model, optimizer = ctx.config, ctx.state, ctx.model, ctx.optimizer
     first_step = state.step
+    # This rank's own throughput over each log window (all ranks report theirs at log steps).
+    window_start, window_steps = time.perf_counter(), 0
     bad_in_a_row = 0
     interrupted = False
     model.train()
@@ -133,6 +135,12 @@ def run_steps(ctx: TrainingContext, hooks: Hooks) -> bool:
                 state.step += 1
                 state.tokens_seen += ctx.tokens_per_step
                 report = StepReport(state.step, loss, grad_norm, tc.learning_rate * factor)
+                window_steps += 1
+                if is_due(state.step, tc.log_interval, tc.max_steps):
+                    now = time.perf_counter()
+                    rate = window_steps * ctx.tokens_per_rank / max(now - window_start, 1e-9)
+                    report.rank_tokens_per_s = gather_values(rate, ctx.ranks)
+                    window_start, window_steps = now, 0
                 hooks.on_step(ctx, report)
                 if _main_rank_writes(tc, state.step):
                     # Rank 0 evaluated or saved a checkpoint: the others wait for it here.

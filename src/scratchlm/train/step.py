@@ -8,9 +8,11 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from scratchlm.model import GPT
 from scratchlm.train.config import TrainConfig
+from scratchlm.train.sharding import mesh_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -76,10 +78,26 @@ def forward_backward(
 
 def clip_grad_norm(model: torch.nn.Module, clip: float) -> float:
     """The global gradient norm (inf or nan if any gradient is), clipped to `clip` when > 0."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    groups = mesh_groups(grads)
+    if len(groups) == 1 and not isinstance(grads[0], DTensor):
+        if clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, clip))
+        return float(torch.nn.utils.get_total_norm(grads))
+    # A split model: torch's foreach kernels take the gradients of one mesh at a time (plain
+    # tensors apart), and each group's norm is made whole before they are added up.
+    norms = []
+    for group in groups:
+        norm = torch.nn.utils.get_total_norm([grads[i] for i in group])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms))
     if clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        for group in groups:
+            torch.nn.utils.clip_grads_with_norm_([params[i] for i in group], clip, total)
+    return float(total)
 
 
 def set_learning_rates(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
 import torch
@@ -20,15 +20,20 @@ def evaluate_loss(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     autocast: AbstractContextManager[object] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """Mean cross-entropy over `batches` (each weighted by its number of tokens)."""
+    """Mean cross-entropy over `batches` (each weighted by its number of tokens), computed by
+    model(x, y) or, if given, loss_fn(x, y) (a sharded model's, which runs on every rank)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
         for x, y in batches:
             with autocast or contextlib.nullcontext():
-                _, loss = model(x, y)
+                if loss_fn is None:
+                    _, loss = model(x, y)
+                else:
+                    loss = loss_fn(x, y)
             n = int((y != -1).sum())
             total += float(loss) * n
             count += n
