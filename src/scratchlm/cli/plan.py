@@ -12,7 +12,7 @@ from scratchlm.core.errors import ScratchLMError
 
 
 def register(commands: Any) -> None:
-    from scratchlm.train.plan import DTYPES, HARDWARE_PRESETS, PARALLEL_KINDS
+    from scratchlm.train.plan import DTYPES, HARDWARE_PRESETS, PARALLEL_KINDS, REDUCE_DTYPES
 
     p = commands.add_parser(
         "plan",
@@ -24,13 +24,35 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--gpus", type=int, default=1, help="GPUs per node")
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--parallel", choices=PARALLEL_KINDS, default="ddp")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument(
+        "--parallel",
+        choices=PARALLEL_KINDS,
+        default="ddp",
+        help="ddp; fsdp (with --tp K: FSDP across nodes, TP K inside each); tp alone",
+    )
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=None,
+        help="tensor-parallel degree, inside a node (default: all GPUs for --parallel tp, else 1)",
+    )
     p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per step")
     p.add_argument(
         "--context", type=int, default=0, help="tokens per sequence (default: the preset's)"
     )
-    p.add_argument("--dtype", choices=DTYPES, default="bf16")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="the compute dtype")
+    p.add_argument(
+        "--reduce-dtype",
+        choices=REDUCE_DTYPES,
+        default="fp32",
+        help="what the gradients' all-reduce/reduce-scatter moves (DDP's fp32 .grad; bf16 halves)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="blocks FSDP gathers ahead of the one computing (FSDP2's default: 1)",
+    )
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument(
         "--flash-attention",
@@ -63,6 +85,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
         tp=args.tp,
         micro_batch=args.micro_batch,
         dtype=args.dtype,
+        reduce_dtype=args.reduce_dtype,
+        prefetch=args.prefetch,
         activation_checkpointing=args.activation_checkpointing,
         flash_attention=args.flash_attention,
     )

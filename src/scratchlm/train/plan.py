@@ -2,14 +2,25 @@
 
 These machines cannot show scale, so the numbers come from the papers' formulas:
 
-Memory (ZeRO, Rajbhandari et al. 2020, section 3.1). Ψ parameters trained with AdamW keep
-  fp32:            weights 4Ψ, gradients 4Ψ, optimizer 8Ψ (two fp32 moments)
-  bf16 / fp16:     weights 2Ψ, gradients 2Ψ, optimizer 12Ψ (fp32 master weights + 2 moments)
-bytes. DDP replicates all of it on every data-parallel rank; FSDP (ZeRO-3) divides all three
-by the data-parallel degree. Tensor parallelism (Megatron-LM) splits the blocks' attention and
-MLP matrices across the TP ranks (q/k/v and the MLP's first matmul by columns, the output
-projections by rows, as scratchlm's TP does); embeddings, norms and the row-parallel biases
-stay whole on every TP rank.
+Memory (ZeRO, Rajbhandari et al. 2020, section 3.1). Ψ parameters trained with AdamW keep 16Ψ
+bytes of state. ZeRO's mixed precision counts it as 2Ψ fp16 weights, 2Ψ fp16 gradients and 12Ψ
+of optimizer (fp32 master weights + two moments); scratchlm's bf16 autocast, like FSDP2's
+MixedPrecisionPolicy, keeps the fp32 weights as the parameters themselves and their gradients in
+fp32 (.grad), so the same 16Ψ reads weights 4Ψ, gradients 4Ψ, optimizer 8Ψ in every dtype. DDP
+replicates all of it on every data-parallel rank; FSDP (ZeRO-3) divides all three by the
+data-parallel degree. Tensor parallelism (Megatron-LM) splits the blocks' attention and MLP
+matrices across the TP ranks (q/k/v and the MLP's first matmul by columns, the output
+projections by rows, as scratchlm's TP does); embeddings, norms and the row-parallel biases stay
+whole on every TP rank. On top of the state, the weights the compute reads:
+  DDP, TP   in 16-bit, autocast's copy of every weight (2 bytes each), cast in forward and kept
+            for backward; none in fp32.
+  FSDP      the gathered (unsharded) weights, in the compute dtype: the root's (embeddings, head,
+            final norm: FSDP2 does not reshard the root after forward, so they stay gathered for
+            the step) and the block being computed plus the `prefetch` blocks gathered ahead of
+            it (FSDP2's default, 1: two blocks). In backward, the unsharded gradients: the
+            root's, in the compute dtype until its reduce-scatter ends the step, and one block's,
+            in the compute dtype and copied into its reduce-scatter input in the reduce dtype.
+The total adds every piece, as if they all peaked at once: an upper bound.
 
 Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation", section 4), per
 layer, s tokens of context, b sequences, h = n_embd, a heads, t the TP degree, 16-bit values:
@@ -22,18 +33,30 @@ sequence parallelism), and the backward pass rebuilds one layer's activations at
 Outside the layers: the final norm's and the head's inputs, s·b·h values each; no s x V logits
 (scratchlm's fused loss computes them a chunk at a time).
 
-Collectives, bytes each GPU sends per step (ring algorithms; n ranks in the group):
+Collectives, bytes each GPU sends per step (ring algorithms; n ranks in the group). Weights and
+activations move in the compute dtype, gradients in the reduce dtype (`reduce_dtype`, default
+fp32: DDP all-reduces the fp32 .grad, 4 bytes a parameter, and FSDP2's MixedPrecisionPolicy
+with reduce_dtype=float32 reduce-scatters in fp32 too; bf16 halves those bytes):
   DDP       all-reduce of the gradients: 2(n-1)/n x gradient bytes
-  FSDP      all-gather of the weights in forward and again in backward, (n-1)/n x weight
-            bytes each, and a reduce-scatter of the gradients, (n-1)/n x gradient bytes
+  FSDP      all-gather of the weights in forward, (n-1)/n x weight bytes, and in backward again
+            but for the root's (still gathered); a reduce-scatter of the gradients, (n-1)/n x
+            gradient bytes
   TP        Megatron's all-reduces of the (b, s, h) activations: 2 per layer forward, 2
             backward (2 more when checkpointing recomputes the forward), 2(t-1)/t x b·s·h
             values each
+Tensor parallelism stays inside a node, on NVLink. A data-parallel collective over N = n·g ranks,
+g in each of n nodes, moves D bytes, f = 2 for an all-reduce and 1 for an all-gather or a
+reduce-scatter. One flat ring sends f(N-1)/N x D from each GPU and runs at its slowest hop, the
+InfiniBand one. Hierarchically, each GPU sends f(g-1)/g x D over NVLink inside its node and
+f(n-1)/n x D/g over InfiniBand across nodes: for an all-reduce, a reduce-scatter inside each
+node, then an all-reduce of each rank's 1/g of the data between the ranks of equal local rank
+across the nodes (each through its own NIC), then an all-gather inside each node; an all-gather
+or a reduce-scatter is one half of that. The plan shows both and counts the hierarchical one.
 
 Step time: the training FLOPs (train/flops.py: 6N + 12·L·s·h per token, 8N + 16·L·s·h with
 recomputation) of the GPU's share at its peak FLOP/s, plus each collective's bytes over its
-link: NVLink within a node, InfiniBand (per GPU) when the group spans nodes. Both with no
-overlap of compute and communication and with perfect overlap: a real step lies between.
+links, NVLink within a node and InfiniBand (per GPU) across. Both with no overlap of compute and
+communication and with perfect overlap: a real step lies between.
 """
 
 from __future__ import annotations
@@ -45,9 +68,10 @@ from typing import Any, Literal
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig, model_preset
 
-Parallel = Literal["ddp", "fsdp"]
-PARALLEL_KINDS: tuple[str, ...] = ("ddp", "fsdp")
+Parallel = Literal["ddp", "fsdp", "tp"]
+PARALLEL_KINDS: tuple[str, ...] = ("ddp", "fsdp", "tp")
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
+REDUCE_DTYPES: tuple[str, ...] = ("fp32", "bf16")
 GB = 1e9
 
 
@@ -72,13 +96,20 @@ HARDWARE_PRESETS: dict[str, Hardware] = {
 
 @dataclass(frozen=True)
 class PlanInputs:
+    """A layout: "ddp" and "fsdp" data-parallel over world / tp ranks (fsdp with tp > 1 is the
+    2-D mesh, TP inside each node), "tp" tensor parallelism alone (tp = world)."""
+
     model: ModelConfig  # its block_size is the training context
     gpus_per_node: int = 1
     nodes: int = 1
     parallel: Parallel = "ddp"
     tp: int = 1
     micro_batch: int = 1
-    dtype: str = "bf16"
+    dtype: str = "bf16"  # the compute dtype; the parameters themselves stay fp32
+    reduce_dtype: str = "fp32"  # what the gradients' all-reduce / reduce-scatter moves
+    # Blocks FSDP gathers ahead of the one computing: FSDP2 runs one ahead (implicitly in
+    # forward, as its all-gathers run ahead of compute; explicitly in backward).
+    prefetch: int = 1
     activation_checkpointing: bool = False
     flash_attention: bool = False
     hardware: Hardware = HARDWARE_PRESETS["h100"]
@@ -102,18 +133,33 @@ class ParameterCounts:
     total: int  # as GPT.num_parameters(): a tied embedding/head counted once
     tp_split: int  # the blocks' attention and MLP matrices (and column-parallel biases)
     non_embedding: int  # as GPT.num_parameters(exclude_embeddings=True)
+    blocks: int  # all n_layer blocks' parameters, split or whole
+    n_layer: int
+
+    @property
+    def root(self) -> int:
+        """Outside the blocks: embeddings, head, final norm (FSDP's root unit)."""
+        return self.total - self.blocks
 
     def per_tp_rank(self, tp: int) -> float:
         return self.total - self.tp_split + self.tp_split / tp
+
+    def block_per_tp_rank(self, tp: int) -> float:
+        """One block's parameters on one TP rank (FSDP's unit of gathering)."""
+        return (self.blocks - self.tp_split + self.tp_split / tp) / self.n_layer
 
 
 @dataclass(frozen=True)
 class Collective:
     name: str
     group: int  # ranks in the group
-    link: str  # "nvlink" or "infiniband"
-    bytes: float  # sent by each GPU per step
+    link: str  # "nvlink", "infiniband" or "nvlink+infiniband" (hierarchical, across nodes)
+    bytes: float  # sent by each GPU per step, over all links
     seconds: float
+    nvlink_bytes: float = 0.0
+    infiniband_bytes: float = 0.0
+    # Across nodes: one flat ring of the whole group instead, at its InfiniBand hop's speed.
+    ring_seconds: float | None = None
 
 
 @dataclass
@@ -126,6 +172,8 @@ class Plan:
     weights: float
     gradients: float
     optimizer: float
+    compute_weights: float  # autocast's 16-bit copies (DDP, TP) or FSDP's gathered weights
+    unsharded_gradients: float  # FSDP: the root's and one block's, before their reduce-scatter
     activations: float
     activations_checkpointed: float
     compute_seconds: float
@@ -138,9 +186,11 @@ class Plan:
 
     @property
     def total(self) -> float:
-        """Peak memory of a training step with the activations the run keeps."""
+        """Peak memory of a training step with the activations the run keeps (an upper bound:
+        every piece at once)."""
         checkpointing = self.inputs["activation_checkpointing"]
-        return self.state + (self.activations_checkpointed if checkpointing else self.activations)
+        kept = self.activations_checkpointed if checkpointing else self.activations
+        return self.state + self.compute_weights + self.unsharded_gradients + kept
 
     @property
     def communication_seconds(self) -> float:
@@ -186,7 +236,7 @@ def parameter_counts(config: ModelConfig) -> ParameterCounts:
     embeddings = V * C + (config.block_size * C if config.pos_encoding == "learned" else 0)
     head = 0 if config.tie_embeddings else V * C
     total = L * (split + whole) + norm + embeddings + head
-    return ParameterCounts(total, L * split, total - embeddings - head)
+    return ParameterCounts(total, L * split, total - embeddings - head, L * (split + whole), L)
 
 
 def check_inputs(inputs: PlanInputs) -> None:
@@ -195,16 +245,18 @@ def check_inputs(inputs: PlanInputs) -> None:
         if getattr(inputs, name) < 1:
             option = name.replace("_per_node", "s").replace("_", "-")
             raise ScratchLMError(f"--{option} must be at least 1, got {getattr(inputs, name)}")
+    if inputs.prefetch < 0:
+        raise ScratchLMError(f"--prefetch must be 0 or more, got {inputs.prefetch}")
     if inputs.parallel not in PARALLEL_KINDS:
         raise ScratchLMError(f"--parallel must be one of {', '.join(PARALLEL_KINDS)}")
     if inputs.dtype not in DTYPES:
         raise ScratchLMError(f"--dtype must be one of {', '.join(DTYPES)}, got {inputs.dtype!r}")
-    config, tp = inputs.model, inputs.tp
-    if inputs.world_size % tp:
+    if inputs.reduce_dtype not in REDUCE_DTYPES:
         raise ScratchLMError(
-            f"--tp {tp} must divide the {inputs.world_size} GPUs (--gpus x --nodes); "
-            f"try --tp in {_divisors(inputs.world_size)}"
+            f"--reduce-dtype must be one of {', '.join(REDUCE_DTYPES)}, got {inputs.reduce_dtype!r}"
         )
+    check_layout(inputs)
+    config, tp = inputs.model, inputs.tp
     for what, size in (
         ("attention heads (n_head)", config.n_head),
         ("key/value heads (n_kv_head)", config.kv_heads),
@@ -215,6 +267,37 @@ def check_inputs(inputs: PlanInputs) -> None:
                 f"--tp {tp} must divide the model's {size} {what}: each TP rank takes an equal "
                 f"share; try --tp in {_common_divisors(config)}"
             )
+
+
+def check_layout(inputs: PlanInputs) -> None:
+    """The layouts scratchlm trains: ddp (no TP), fsdp with or without TP, tp alone; TP groups
+    are neighbouring ranks inside one node, where NVLink is."""
+    tp, gpus, world = inputs.tp, inputs.gpus_per_node, inputs.world_size
+    if inputs.parallel == "ddp" and tp > 1:
+        raise ScratchLMError(
+            f"--parallel ddp keeps a whole model on each GPU: for --tp {tp} use --parallel fsdp "
+            f"--tp {tp} (FSDP across the TP groups) or --parallel tp"
+        )
+    if inputs.parallel == "tp" and inputs.nodes > 1:
+        raise ScratchLMError(
+            f"--parallel tp is tensor parallelism alone, which stays inside one node: use "
+            f"--nodes 1, or --parallel fsdp --tp {gpus} to add data parallelism across nodes"
+        )
+    if inputs.parallel == "tp" and tp != world:
+        raise ScratchLMError(
+            f"--parallel tp splits one model over all {world} GPUs: use --tp {world} (or leave "
+            f"it out), or --parallel fsdp --tp {tp} for data parallelism over TP groups"
+        )
+    if tp > gpus:
+        raise ScratchLMError(
+            f"--tp {tp} is more than the {gpus} GPUs of a node (--gpus): tensor parallelism "
+            f"stays inside a node, on NVLink; use --tp in {_divisors(gpus)}"
+        )
+    if gpus % tp:
+        raise ScratchLMError(
+            f"--tp {tp} must divide the {gpus} GPUs of a node (--gpus), so that every TP group "
+            f"fits in one node; try --tp in {_divisors(gpus)}"
+        )
 
 
 def _divisors(n: int) -> list[int]:
@@ -245,24 +328,34 @@ def activation_bytes_per_layer(
 
 
 def memory(inputs: PlanInputs, counts: ParameterCounts) -> dict[str, float]:
-    """Weights, gradients and optimizer state per GPU (ZeRO), and the activations."""
+    """Weights, gradients and optimizer state per GPU (ZeRO), the weights and gradients the
+    compute holds beside them, and the activations."""
     per_gpu = counts.per_tp_rank(inputs.tp)
-    shards = inputs.dp if inputs.parallel == "fsdp" else 1
-    if inputs.dtype == "fp32":
-        weights, grads, optimizer = 4, 4, 8
+    fsdp = inputs.parallel == "fsdp"
+    shards = inputs.dp if fsdp else 1
+    vb, rb = value_bytes(inputs.dtype), value_bytes(inputs.reduce_dtype)
+    if fsdp:
+        root, block = counts.root, counts.block_per_tp_rank(inputs.tp)
+        compute_weights = vb * (root + (1 + inputs.prefetch) * block)
+        unsharded_gradients = vb * root + (vb + rb) * block
     else:
-        weights, grads, optimizer = 2, 2, 12  # + fp32 master weights
+        # Autocast's 16-bit copy of each weight; in fp32 the compute reads the weights as they are.
+        compute_weights = vb * per_gpu if vb < 4 else 0.0
+        unsharded_gradients = 0.0
     config = inputs.model
     s, b, h, L = inputs.context, inputs.micro_batch, config.n_embd, config.n_layer
     layer = activation_bytes_per_layer(
         s, b, h, config.n_head, inputs.tp, inputs.dtype, config.dropout > 0, inputs.flash_attention
     )
-    checkpoint = value_bytes(inputs.dtype) * s * b * h
+    checkpoint = vb * s * b * h
     return dict(
         parameters_per_gpu=per_gpu / shards,
-        weights=weights * per_gpu / shards,
-        gradients=grads * per_gpu / shards,
-        optimizer=optimizer * per_gpu / shards,
+        # fp32 weights, fp32 gradients and AdamW's two fp32 moments: ZeRO's 16Ψ.
+        weights=4 * per_gpu / shards,
+        gradients=4 * per_gpu / shards,
+        optimizer=8 * per_gpu / shards,
+        compute_weights=compute_weights,
+        unsharded_gradients=unsharded_gradients,
         # Outside the layers, the final norm's input and the head's input (the paper's 4·s·b·h
         # bytes); no s x V logits, which scratchlm's fused loss never materialises.
         activations=L * layer + 2 * checkpoint,
@@ -272,34 +365,45 @@ def memory(inputs: PlanInputs, counts: ParameterCounts) -> dict[str, float]:
 
 
 def collectives(inputs: PlanInputs, counts: ParameterCounts) -> list[Collective]:
-    """Each collective of a step with the bytes one GPU sends and the time its link takes."""
-    hw, vb = inputs.hardware, value_bytes(inputs.dtype)
+    """Each collective of a step with the bytes one GPU sends and the time its links take."""
+    hw = inputs.hardware
+    vb, rb = value_bytes(inputs.dtype), value_bytes(inputs.reduce_dtype)
     per_gpu = counts.per_tp_rank(inputs.tp)
+    dp, tp, nodes = inputs.dp, inputs.tp, inputs.nodes
+    local = inputs.gpus_per_node // tp  # data-parallel ranks in each node
     found: list[Collective] = []
 
-    def add(name: str, group: int, spans_nodes: bool, sent: float) -> None:
-        link, bw = ("infiniband", hw.inter_bw) if spans_nodes else ("nvlink", hw.intra_bw)
-        found.append(Collective(name, group, link, sent, sent / bw))
+    def data_parallel(name: str, f: int, data: float) -> None:
+        """A collective over the dp ranks, f = 2 for an all-reduce, 1 for a gather or scatter."""
+        if nodes == 1:
+            sent = f * (dp - 1) / dp * data
+            found.append(Collective(name, dp, "nvlink", sent, sent / hw.intra_bw, sent))
+            return
+        nvlink = f * (local - 1) / local * data
+        infiniband = f * (nodes - 1) / nodes * data / local
+        ring = f * (dp - 1) / dp * data / hw.inter_bw
+        link = "nvlink+infiniband" if nvlink else "infiniband"
+        seconds = nvlink / hw.intra_bw + infiniband / hw.inter_bw
+        found.append(
+            Collective(name, dp, link, nvlink + infiniband, seconds, nvlink, infiniband, ring)
+        )
 
-    dp, tp = inputs.dp, inputs.tp
-    # TP ranks are neighbours (rank // tp is the DP index): a TP group stays in a node when
-    # whole groups fit in one, and a DP group (one rank of each TP group) spans every node.
-    tp_spans = inputs.nodes > 1 and (tp > inputs.gpus_per_node or inputs.gpus_per_node % tp > 0)
-    dp_spans = inputs.nodes > 1
-    if dp > 1:
-        ring = (dp - 1) / dp
-        if inputs.parallel == "ddp":
-            add("ddp all-reduce gradients", dp, dp_spans, 2 * ring * vb * per_gpu)
-        else:
-            add("fsdp all-gather weights (forward)", dp, dp_spans, ring * vb * per_gpu)
-            add("fsdp all-gather weights (backward)", dp, dp_spans, ring * vb * per_gpu)
-            add("fsdp reduce-scatter gradients", dp, dp_spans, ring * vb * per_gpu)
+    reduce = inputs.reduce_dtype
+    if dp > 1 and inputs.parallel == "ddp":
+        data_parallel(f"ddp all-reduce gradients ({reduce})", 2, rb * per_gpu)
+    elif dp > 1:
+        data_parallel(f"fsdp all-gather weights (forward, {inputs.dtype})", 1, vb * per_gpu)
+        # The root stays gathered from forward to backward (FSDP2 keeps the root unsharded).
+        backward = vb * (per_gpu - counts.root)
+        data_parallel(f"fsdp all-gather weights (backward, {inputs.dtype})", 1, backward)
+        data_parallel(f"fsdp reduce-scatter gradients ({reduce})", 1, rb * per_gpu)
     if tp > 1:
         config = inputs.model
         message = inputs.micro_batch * inputs.context * config.n_embd * vb
         passes = 6 if inputs.activation_checkpointing else 4
         sent = config.n_layer * passes * 2 * (tp - 1) / tp * message
-        add(f"tp all-reduce activations ({passes}/layer)", tp, tp_spans, sent)
+        name = f"tp all-reduce activations ({passes}/layer, {inputs.dtype})"
+        found.append(Collective(name, tp, "nvlink", sent, sent / hw.intra_bw, sent))
     return found
 
 
@@ -325,6 +429,8 @@ def make_plan(inputs: PlanInputs) -> Plan:
         "micro_batch": inputs.micro_batch,
         "context": inputs.context,
         "dtype": inputs.dtype,
+        "reduce_dtype": inputs.reduce_dtype,
+        "prefetch": inputs.prefetch,
         "activation_checkpointing": inputs.activation_checkpointing,
         "flash_attention": inputs.flash_attention,
         "hardware": asdict(inputs.hardware),
@@ -345,10 +451,12 @@ def plan_inputs(
     flops: float = 0.0,
     intra_bw: float = 0.0,
     inter_bw: float = 0.0,
+    tp: int | None = None,
     **layout: Any,
 ) -> PlanInputs:
     """PlanInputs from a preset name (any of model_preset's, or depth-N) and a GPU preset whose
-    numbers the caller may override (FLOP/s, bytes/s); context 0 keeps the preset's."""
+    numbers the caller may override (FLOP/s, bytes/s); context 0 keeps the preset's; tp None is
+    every GPU for parallel "tp", else 1."""
     if gpu not in HARDWARE_PRESETS:
         raise ScratchLMError(f"unknown --gpu {gpu!r}; choose one of {', '.join(HARDWARE_PRESETS)}")
     if context < 0 or min(flops, intra_bw, inter_bw) < 0:
@@ -363,7 +471,10 @@ def plan_inputs(
         inter_bw or preset.inter_bw,
         preset.memory,
     )
-    return PlanInputs(model=config, hardware=hardware, **layout)
+    if tp is None:
+        world = layout.get("gpus_per_node", 1) * layout.get("nodes", 1)
+        tp = world if layout.get("parallel") == "tp" else 1
+    return PlanInputs(model=config, hardware=hardware, tp=tp, **layout)
 
 
 def _gb(n: float) -> str:
@@ -378,22 +489,42 @@ def format_plan(plan: Plan) -> str:
     """The plan as plain aligned text."""
     i = plan.inputs
     hw = i["hardware"]
-    checkpointing = i["activation_checkpointing"]
+    checkpointing, dtype = i["activation_checkpointing"], i["dtype"]
+    parallel = i["parallel"]
+    layout = (
+        f"tensor-parallel x {i['tp']}"
+        if parallel == "tp"
+        else f"{parallel} x {i['dp']} data-parallel, tensor-parallel x {i['tp']}"
+    )
     lines = [
         f"{i['model']}: {plan.parameters:,} parameters, context {i['context']}, "
-        f"micro-batch {i['micro_batch']}, {i['dtype']}",
-        f"{i['world_size']} GPUs ({i['nodes']} node(s) x {i['gpus_per_node']}): "
-        f"{i['parallel']} x {i['dp']} data-parallel, tensor-parallel x {i['tp']}",
+        f"micro-batch {i['micro_batch']}, {dtype} compute, gradients reduced in "
+        f"{i['reduce_dtype']}",
+        f"{i['world_size']} GPUs ({i['nodes']} node(s) x {i['gpus_per_node']}): {layout}",
         f"{hw['name']}: {hw['flops'] / 1e12:,.0f} TFLOP/s, NVLink {hw['intra_bw'] / GB:,.0f} "
         f"GB/s, InfiniBand {hw['inter_bw'] / GB:,.0f} GB/s per GPU",
         "",
         "memory per GPU",
     ]
+    shard = " shard" if parallel == "fsdp" else ""
     rows = [
         ("parameters held", f"{plan.parameters_per_gpu:,.0f}"),
-        ("weights", _gb(plan.weights)),
-        ("gradients", _gb(plan.gradients)),
-        ("optimizer state (AdamW)", _gb(plan.optimizer)),
+        (f"weights (fp32{shard})", _gb(plan.weights)),
+        (f"gradients (fp32{shard})", _gb(plan.gradients)),
+        (f"optimizer state (AdamW, fp32{shard})", _gb(plan.optimizer)),
+    ]
+    if parallel == "fsdp":
+        blocks = 1 + i["prefetch"]
+        rows += [
+            (
+                f"gathered weights (root + {blocks} block{'s' * (blocks > 1)}, {dtype})",
+                _gb(plan.compute_weights),
+            ),
+            ("unsharded gradients (root + 1 block)", _gb(plan.unsharded_gradients)),
+        ]
+    elif plan.compute_weights:
+        rows.append((f"weight copies ({dtype} autocast)", _gb(plan.compute_weights)))
+    rows += [
         ("activations" + ("" if checkpointing else " (kept)"), _gb(plan.activations)),
         (
             "activations, checkpointed" + (" (kept)" if checkpointing else ""),
@@ -410,6 +541,7 @@ def format_plan(plan: Plan) -> str:
         ]
         or [("none (one GPU)", "")]
     )
+    lines += _across_nodes(plan)
     lines += ["", "step time"]
     no_overlap, overlap = plan.step_seconds_no_overlap, plan.step_seconds_overlap
     lines += _aligned(
@@ -427,14 +559,40 @@ def format_plan(plan: Plan) -> str:
     )
     if plan.total > hw["memory"]:
         remedies = [
-            *(["--parallel fsdp"] if i["parallel"] == "ddp" else []),
-            "a larger --tp",
+            *(["--parallel fsdp"] if parallel == "ddp" else []),
+            *(["a larger --tp"] if parallel != "ddp" and i["tp"] < i["gpus_per_node"] else []),
             *([] if checkpointing else ["--activation-checkpointing"]),
             *([] if i["flash_attention"] else ["--flash-attention"]),
             *(["a smaller --micro-batch"] if i["micro_batch"] > 1 else []),
         ]
         lines += ["", f"does not fit in {hw['memory'] / GB:,.0f} GB: try {', '.join(remedies)}"]
     return "\n".join(lines)
+
+
+def _across_nodes(plan: Plan) -> list[str]:
+    """Ring against hierarchical for the data-parallel collectives that span nodes."""
+    spanning = [c for c in plan.collectives if c.ring_seconds is not None]
+    if not spanning:
+        return []
+    i = plan.inputs
+    local = i["gpus_per_node"] // i["tp"]
+    header = f"{'flat ring':>9}  {'hierarchical':>12} = {'NVLink':>8} + {'InfiniBand':>10}  bound"
+    rows = [("", header)]
+    for c in spanning:
+        assert c.ring_seconds is not None
+        nvlink = c.nvlink_bytes / i["hardware"]["intra_bw"]
+        infiniband = c.infiniband_bytes / i["hardware"]["inter_bw"]
+        bound = "InfiniBand" if infiniband >= nvlink else "NVLink"
+        times = [_seconds(t) for t in (c.ring_seconds, c.seconds, nvlink, infiniband)]
+        rows.append(
+            (c.name, f"{times[0]:>9}  {times[1]:>12}   {times[2]:>8}   {times[3]:>10}  {bound}")
+        )
+    return [
+        "",
+        f"across {i['nodes']} nodes: hierarchical, as counted above (NVLink inside each node,",
+        f"InfiniBand across nodes on 1/{local} of the data), or one flat ring at its InfiniBand hop",
+        *_aligned(rows),
+    ]
 
 
 def _aligned(rows: list[tuple[str, str]]) -> list[str]:
