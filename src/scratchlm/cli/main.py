@@ -18,12 +18,22 @@ dispatches. A user's mistake (ScratchLMError), on the command line or later, is 
 line with exit status 2, no traceback; so is a filesystem problem on a path (an OSError that
 names a file: permission denied, a full or read-only disk, a file where a folder should be),
 in core.user_paths' words, as the last resort behind each command's own checks.
+
+In a job of several processes (torchrun's RANK and WORLD_SIZE), an error is reported once. Rank
+0 reports its own at once. Another rank first gives the launcher time to stop it: a mistake
+every rank finds (a bad config value, a missing file) makes rank 0 fail too, and torchrun then
+stops the other ranks, so the job prints rank 0's line alone. A rank still running after that
+wait had an error of its own and reports it, with its rank. A rank that lost contact with the
+others (a collective failed because another rank died) waits longest: the rank that died, or
+the launcher, has the story to tell; it says one line, never a traceback, if it is still here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 # Each command's module (imported as modules, not from the package, which imports this one).
@@ -43,6 +53,29 @@ from scratchlm.core.user_paths import os_error_message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    rank = job_rank()
+    try:
+        return _run(argv, rank)
+    except SystemExit as e:
+        # A rank other than 0 leaving quietly, because rank 0 reports why: rank 0 must get to
+        # print before torchrun, seeing this rank fail, stops it.
+        if rank and e.code not in (0, None):
+            _wait_for_the_launcher(LAUNCHER_GRACE_S)
+        raise
+    except Exception as e:
+        if rank is None:
+            raise
+        if _lost_contact(e):
+            _wait_for_the_launcher(2 * LAUNCHER_GRACE_S)
+            print(f"error: {_rank_prefix(rank)}{_lost_contact_message(e)}", file=sys.stderr)
+            return 1
+        if rank:
+            _wait_for_the_launcher(LAUNCHER_GRACE_S)
+            print(f"rank {rank}: unexpected error:", file=sys.stderr)
+        raise  # a bug: the traceback helps
+
+
+def _run(argv: Sequence[str] | None, rank: int | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -51,19 +84,83 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         args.handler(args)
     except ScratchLMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _report_error(str(e), rank)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        if not rank:  # Ctrl-C reaches every rank; rank 0 says it
+            print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `scratchlm generate ... | head`
         return 0
     except OSError as e:
         if e.filename is None:
             raise  # not about a path the user can fix: a bug, so the traceback helps
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        return 2
+        return _report_error(os_error_message(e), rank)
     return 0
+
+
+# How long a rank other than 0 waits, after its error, for torchrun to stop it (torchrun checks
+# its processes every 0.1 s and stops the rest of a job as soon as one fails), and how much
+# longer each next process of a machine waits: on the other machines of a job, which learn of
+# rank 0's failure late, the first of each machine to fail reports, and its torchrun stops
+# the rest.
+LAUNCHER_GRACE_S = 5.0
+LOCAL_RANK_STAGGER_S = 0.5
+
+
+def job_rank() -> int | None:
+    """This process's rank in a job of several processes (torchrun sets RANK and WORLD_SIZE),
+    None in a plain process. Read from the environment: it holds before torch is imported."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        pass
+    return None
+
+
+def _report_error(message: str, rank: int | None) -> int:
+    """A user's mistake, one line (status 2): at once from rank 0; from another rank only if
+    the launcher did not stop it meanwhile (rank 0 did not fail the same way), with its rank."""
+    if rank:
+        _wait_for_the_launcher(LAUNCHER_GRACE_S)
+    print(f"error: {_rank_prefix(rank)}{message}", file=sys.stderr)
+    return 2
+
+
+def _rank_prefix(rank: int | None) -> str:
+    return f"rank {rank}: " if rank else ""
+
+
+def _wait_for_the_launcher(seconds: float) -> None:
+    """Sleep, so that torchrun stops this process (SIGTERM) if another rank already failed."""
+    sys.stdout.flush()
+    try:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        local_rank = 0
+    time.sleep(seconds + LOCAL_RANK_STAGGER_S * local_rank)
+
+
+def _lost_contact(error: Exception) -> bool:
+    """Whether a collective failed because another rank is gone (it failed or was killed):
+    gloo says so in a RuntimeError, NCCL and the store raise torch.distributed's DistError."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("closed by peer", "reset by peer", "Broken pipe")
+    )
+
+
+def _lost_contact_message(error: Exception) -> str:
+    # gloo's first line: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:33153. ..."
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = first.split("] ", 1)[-1].split(". ")[0]
+    return (
+        f"lost contact with the other ranks of this job ({detail}); another rank failed or "
+        "was stopped: its own output, or torchrun's summary, says why"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

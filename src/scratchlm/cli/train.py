@@ -4,11 +4,17 @@ Every key of every section is an option, `--section.key VALUE`, registered from 
 dataclasses; they go to scratchlm.config's load_config as the overrides of the recipe, so the
 recipe's rules (a depth-N preset's learning rate, a later --model.preset replacing earlier
 model keys) apply as they would in the TOML file.
+
+Under torchrun, every rank runs this command. When torchrun restarts the job (--max-restarts,
+after a rank died), the same command line continues the run from its last checkpoint, as
+--resume would; with no checkpoint yet it starts the run again.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import typing
 from pathlib import Path
 from typing import Any
@@ -61,14 +67,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from scratchlm.train.distributed import distributed_job
 
     # Under torchrun with train.parallel = "ddp", every rank runs this command; rank 0 alone
-    # prepares the run's files and prints, and a mistake every rank finds is its line alone.
+    # prepares the run's files and prints (cli/main.py reports a mistake every rank finds once).
     with distributed_job(config.train.parallel) as ranks:
-        try:
-            result = _train(args, config, given, ranks)
-        except ScratchLMError:
-            if not ranks.is_main:
-                raise SystemExit(2) from None
-            raise
+        result = _train(args, config, given, ranks)
     if result is None or result.interrupted or not ranks.is_main:
         return
     if result.val_loss is not None:
@@ -100,8 +101,21 @@ def _train(args: argparse.Namespace, config: RunConfig, given: list[Any], ranks:
         # Only rank 0 rewrites the run's config.toml.
         result = _resume(config, paths, remember=bool(given) and ranks.is_main)
         return None if result.new_steps == 0 else result
+    from scratchlm.config import load_run_config
     from scratchlm.core.user_paths import check_output
     from scratchlm.runs.preparation import prepare_run
+
+    restart, has_checkpoint = _restart_of_job(config.run_dir, ranks)
+    if restart and has_checkpoint:
+        # torchrun relaunched the job (--max-restarts) after a rank died: the same command
+        # continues the run from its last checkpoint, as --resume would.
+        if ranks.is_main:
+            print(f"restart {restart} of this torchrun job: resuming {config.run_dir}")
+        resumable = [g for g in given if g.section in RESUMABLE_SECTIONS]
+        result = train_model(load_run_config(config.run_dir, as_overrides(resumable)), True)
+        return None if result.new_steps == 0 else result
+    if restart and ranks.is_main:
+        print(f"restart {restart} of this torchrun job: no checkpoint yet; starting again")
 
     def prepare() -> None:
         check_output(config.run_dir, folder=True)  # before the corpus is read
@@ -109,11 +123,45 @@ def _train(args: argparse.Namespace, config: RunConfig, given: list[Any], ranks:
 
     main_rank_first(ranks, prepare)
     if not ranks.is_main:
-        from scratchlm.config import load_run_config
-
+        _check_run_is_here(config.run_dir)
         # The prepared config.toml holds what preparation decided (the tokenizer's vocab_size).
         config = load_run_config(config.run_dir)
     return train_model(config)
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this machine's processes of the job (0: the first
+    launch, or not under torchrun)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def _restart_of_job(run_dir: Path, ranks: Any) -> tuple[int, bool]:
+    """Which restart of the job this is (0: its first launch), and whether the run has a
+    checkpoint, as rank 0 sees it. Every rank gets the same answer, or one would resume while
+    another prepares and their collectives no longer match; torchrun counts restarts per
+    machine (one whose processes did not fail may still say 0), so the ranks take the largest.
+    """
+    from scratchlm.runs.checkpoint import list_checkpoints
+    from scratchlm.train.distributed import gather_values
+
+    restarts = gather_values(float(restart_count()), ranks)
+    found = gather_values(float(ranks.is_main and bool(list_checkpoints(run_dir))), ranks)
+    return int(max(restarts)), any(found)
+
+
+def _check_run_is_here(run_dir: Path) -> None:
+    """Rank 0 prepared the run; the other ranks read it: on another machine (torchrun
+    --nnodes), only if the run's folder is on storage they share."""
+    from scratchlm.runs.layout import RunPaths
+
+    if not RunPaths(run_dir).is_prepared():
+        raise ScratchLMError(
+            f"{run_dir} is not here on {socket.gethostname()}: rank 0 prepared it, but every "
+            "machine of the job must see the run's folder; put --out_dir on storage they share"
+        )
 
 
 def _resume(config: RunConfig, paths: Any, remember: bool) -> Any:
