@@ -47,8 +47,9 @@ class TrainConfig:
     init_from: str = ""
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    # Autocast precision for matmuls; "auto" picks by device and model width (devices.py).
-    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    # Autocast precision for matmuls. "auto": bf16 on a GPU that has it; on a CPU, bf16 only
+    # for a wide model where bf16 matmuls are measured faster (precision.py); else float32.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: bool = False  # torch.compile the training step's model (compile time logged apart)
     # The LM head and cross-entropy fused and taken a chunk of positions at a time, so the
     # (batch x context x vocab) logits never exist (model/fused_loss.py): the same loss and

@@ -15,6 +15,7 @@ are released and every rank has reached the end (gloo aborts the process otherwi
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 from collections.abc import Callable, Iterator
@@ -70,7 +71,16 @@ def distributed_job(parallel: str) -> Iterator[Ranks]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    else:
+        _return_freed_blocks_to_the_system()
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    if os.environ.get("LOCAL_WORLD_SIZE") == str(world_size):
+        # torchrun's restarts (--max-restarts) keep its store: each attempt takes keys of its
+        # own, or a rank reads the dead attempt's addresses and never connects (torch 2.13).
+        # One machine only: torchrun counts restarts per machine, so machines may disagree.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"scratchlm/attempt_{attempt}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     finished = False
     try:
         yield current_ranks()
@@ -82,6 +92,27 @@ def distributed_job(parallel: str) -> Iterator[Ranks]:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+# glibc's M_MMAP_THRESHOLD, and the size above which a block then always gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _return_freed_blocks_to_the_system() -> None:
+    """Make glibc give large freed blocks back to the system at once (on the CPU).
+
+    FSDP2 gathers a block's whole weights before it computes and frees them after. glibc
+    raises its mmap threshold each time such a block is freed, so the next gathers come from
+    the heap, and heap pages stay resident after free: every rank's peak grows back towards a
+    whole model's (benchmarks/distributed.py measured 2.7 GiB vs 1.6 GiB on GPT-2 124M).
+    Pinning the threshold keeps large blocks in their own mappings, unmapped when freed.
+    Nothing to do where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
 
 
 def _from_main_rank(message: str) -> BaseException:
@@ -148,7 +179,11 @@ def wrap_data_parallel(
 ) -> DistributedDataParallel:
     """The loss of `model` under DDP: its gradients averaged over the ranks at backward."""
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(TrainingLoss(model, loss), device_ids=device_ids)
+    # gradient_as_bucket_view: .grad are views into the all-reduce buckets, not a second copy
+    # of every gradient (4 bytes a parameter less at fp32).
+    return DistributedDataParallel(
+        TrainingLoss(model, loss), device_ids=device_ids, gradient_as_bucket_view=True
+    )
 
 
 def no_sync_context(

@@ -228,9 +228,10 @@ class CheckpointPolicy(TrainingHook):
         tc, state = ctx.config, ctx.state
         model: Any = ctx.model
         optimizer: Any = ctx.optimizer
-        if ctx.sharded:  # every rank takes part in gathering
-            model = gather_model_tensors(ctx.model, ctx.tp)
-            optimizer = gather_optimizer_state(ctx.optimizer, ctx.model, ctx.tp)
+        if ctx.sharded:  # every rank takes part in gathering; rank 0 keeps the result
+            main = ctx.ranks.is_main
+            model = gather_model_tensors(ctx.model, ctx.tp, keep=main)
+            optimizer = gather_optimizer_state(ctx.optimizer, ctx.model, ctx.tp, keep=main)
         self.saved_step = state.step
         if not ctx.ranks.is_main:
             ctx.last_checkpoint = checkpoint_dir(ctx.paths.root, state.step)

@@ -270,18 +270,24 @@ def fsdp_no_sync(root: nn.Module) -> Iterator[None]:
 # --- checkpoints: gathered to whole tensors, and split again --------------------------------
 
 
-def gather_model_tensors(model: GPT, tp: int) -> dict[str, Tensor]:
+def gather_model_tensors(model: GPT, tp: int, keep: bool = True) -> dict[str, Tensor]:
     """Every weight of a sharded model, whole, on the CPU, by name (the tied head once). A
-    collective: every rank calls it, every rank gets the result."""
+    collective: every rank calls it; only ranks with `keep` (the one that writes) hold the
+    result, the others let each tensor go as soon as it is gathered."""
     stacked = stacked_rows(model) if tp > 1 else {}
     tensors: dict[str, Tensor] = {}
     for name, param in model.named_parameters():  # a shared parameter comes once
-        tensors[name] = _whole(param.detach(), stacked.get(name), tp)
+        whole = _whole(param.detach(), stacked.get(name), tp)
+        if keep:
+            tensors[name] = whole
     return tensors
 
 
-def gather_optimizer_state(optimizer: torch.optim.Optimizer, model: GPT, tp: int) -> dict[str, Any]:
-    """optimizer.state_dict() with every sharded moment made whole (a collective)."""
+def gather_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: GPT, tp: int, keep: bool = True
+) -> dict[str, Any]:
+    """optimizer.state_dict() with every sharded moment made whole (a collective; as in
+    gather_model_tensors, only a rank with `keep` holds the whole moments)."""
     state_dict = optimizer.state_dict()
     names = _names_by_index(optimizer, model)
     stacked = stacked_rows(model) if tp > 1 else {}
@@ -289,10 +295,12 @@ def gather_optimizer_state(optimizer: torch.optim.Optimizer, model: GPT, tp: int
     whole: dict[int, dict[str, Any]] = {}
     for index, param_state in state_dict["state"].items():
         parts = stacked.get(names[index])
-        whole[index] = {
-            key: _whole(value, parts, tp) if isinstance(value, DTensor) else value
-            for key, value in param_state.items()
-        }
+        whole[index] = {}
+        for key, value in param_state.items():
+            if isinstance(value, DTensor):
+                value = _whole(value, parts, tp)
+            if keep:
+                whole[index][key] = value
     return {**state_dict, "state": whole}
 
 
