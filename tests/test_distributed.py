@@ -4,11 +4,7 @@ to end with only rank 0 printing and writing."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,15 +20,9 @@ from scratchlm.train.distributed import mean_over_ranks, no_sync_context, wrap_d
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.ranks import Ranks
 from scratchlm.train.step import accumulate_gradients, clip_grad_norm, model_loss
+from torchrun_jobs import REPO, free_port, scratchlm, torchrun_train
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS, ACCUM, MICRO, BLOCK = 5, 2, 2, 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _batches() -> torch.Tensor:
@@ -96,7 +86,7 @@ def test_ddp_on_two_ranks_equals_one_process_with_the_whole_batch(tmp_path: Path
         _train(0, 1, tmp_path)
     finally:
         torch.set_default_dtype(torch.float32)
-    mp.start_processes(_ddp_worker, args=(_free_port(), tmp_path), nprocs=2, start_method="fork")
+    mp.start_processes(_ddp_worker, args=(free_port(), tmp_path), nprocs=2, start_method="fork")
     single = torch.load(tmp_path / "w1_r0.pt")
     for rank in range(2):
         ddp = torch.load(tmp_path / f"w2_r{rank}.pt")
@@ -110,19 +100,6 @@ def test_ddp_on_two_ranks_equals_one_process_with_the_whole_batch(tmp_path: Path
     assert not torch.allclose(moved, single["weights"]["transformer.h.0.attn.c_attn.weight"])
 
 
-def _torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHLM_CACHE": str(cwd / "cache")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), "-m", "scratchlm", "train", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _scratchlm(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHLM_CACHE": str(cwd / "cache")}
-    command = [sys.executable, "-m", "scratchlm", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
 TINY = ["--config", "configs/tiny.toml", "--train.parallel", "ddp", "--out_dir", "runs",
         "--train.max_steps", "6", "--train.eval_interval", "3", "--train.checkpoint_interval", "3",
         "--sample.max_new_tokens", "4"]  # fmt: skip
@@ -130,7 +107,7 @@ TINY = ["--config", "configs/tiny.toml", "--train.parallel", "ddp", "--out_dir",
 
 def test_torchrun_ddp_trains_end_to_end_and_one_process_resumes_it(tmp_path: Path) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    result = _torchrun(tmp_path, *TINY)
+    result = torchrun_train(tmp_path, *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     both = result.stdout + result.stderr
     assert "terminate called" not in both and "Traceback" not in both
@@ -146,11 +123,11 @@ def test_torchrun_ddp_trains_end_to_end_and_one_process_resumes_it(tmp_path: Pat
     assert len(records) == 2  # rank 0's two evaluations, not one per rank
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1].endswith("6")
     # The ordinary single-process tools read the checkpoint, and one process resumes the run.
-    generated = _scratchlm(
+    generated = scratchlm(
         tmp_path, "generate", str(run), "--prompt", "def ", "--max-new-tokens", "4"
     )
     assert generated.returncode == 0, generated.stderr[-2000:]
-    resumed = _scratchlm(
+    resumed = scratchlm(
         tmp_path, "train", "--resume", str(run), "--train.max_steps", "8", "--no-samples"
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -160,7 +137,7 @@ def test_torchrun_ddp_trains_end_to_end_and_one_process_resumes_it(tmp_path: Pat
 def test_world_size_not_dividing_the_batch_is_one_line_from_rank_0(tmp_path: Path) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     # 768 tokens = 3 micro-batches of 8 x 32: fine for one process, not for 2 ranks.
-    result = _torchrun(tmp_path, *TINY, "--train.batch_tokens", "768")
+    result = torchrun_train(tmp_path, *TINY, "--train.batch_tokens", "768")
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "2 ranks" in lines[0] and "try 1,024" in lines[0], result.stderr[

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from torchrun_jobs import REPO, free_port
+
 TINY = ["--config", "configs/tiny.toml", "--train.parallel", "ddp", "--out_dir", "runs",
         "--no-samples"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _job_folder(tmp_path: Path, name: str = "job") -> Path:
@@ -76,7 +70,7 @@ def _run(cwd: Path, command: list[str], cache: Path) -> subprocess.CompletedProc
 
 
 def _two_ranks(*args: str) -> list[str]:
-    return _torchrun(["--nproc-per-node", "2", "--master-port", str(_free_port())], list(args))
+    return _torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], list(args))
 
 
 def _error_lines(text: str) -> list[str]:
@@ -119,7 +113,7 @@ def test_a_killed_rank_comes_back_from_the_last_checkpoint_to_the_same_weights(
     whole = _run(folder, _two_ranks(*command, "--name", "whole"), cache)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    launcher = ["--nproc-per-node", "2", "--max-restarts", "1", "--master-port", str(_free_port())]
+    launcher = ["--nproc-per-node", "2", "--max-restarts", "1", "--master-port", str(free_port())]
     job = _start(folder, _torchrun(launcher, [*command, "--name", "killed"]), cache)
     checkpoints = folder / "runs" / "killed" / "checkpoints"
     killed = None
@@ -195,7 +189,7 @@ def _two_nodes(
 ) -> list[subprocess.Popen[str]]:
     """Two torchrun launchers of one process each, as two machines would start a job: node
     0 in folders[0] and node 1 in folders[1], meeting at a c10d rendezvous on this machine."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     jobs = []
     for node in (0, 1):
         launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),

@@ -5,11 +5,7 @@ takes, and the checkpoint helpers gather shards into whole tensors and split the
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,8 +35,8 @@ from scratchlm.train.sharding import (
     rank_major,
 )
 from scratchlm.train.step import accumulate_gradients, clip_grad_norm, model_loss
+from torchrun_jobs import REPO, free_port, scratchlm, torchrun_train
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS, ACCUM, MICRO, BLOCK = 4, 2, 2, 16
 
 GPT2_STYLE = dict(vocab_size=64, block_size=BLOCK, n_layer=2, n_head=4, n_embd=32)
@@ -55,12 +51,6 @@ LLAMA_STYLE = dict(
     qk_norm=True,
 )
 CONFIGS = {"gpt2": GPT2_STYLE, "llama": LLAMA_STYLE}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _batches() -> torch.Tensor:
@@ -179,7 +169,7 @@ def _run(mode: str, arch: str, optimizer: str, out: Path) -> None:
     ranks = 4 if mode == "fsdp+tp" else 2
     mp.start_processes(
         _worker,
-        args=(_free_port(), ranks, mode, arch, optimizer, out),
+        args=(free_port(), ranks, mode, arch, optimizer, out),
         nprocs=ranks,
         start_method="fork",
     )
@@ -280,19 +270,6 @@ def test_fsdp_refuses_a_model_on_meta_without_init() -> None:
         apply_fsdp(model, model, None, reshard_after_forward=True, param_dtype=None)  # type: ignore[arg-type]
 
 
-def _torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHLM_CACHE": str(cwd / "cache")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(_free_port()), "-m", "scratchlm", "train", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
-
-
-def _scratchlm(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SCRATCHLM_CACHE": str(cwd / "cache")}
-    command = [sys.executable, "-m", "scratchlm", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
-
-
 TINY = ["--config", "configs/tiny.toml", "--out_dir", "runs", "--train.max_steps", "6",
         "--train.eval_interval", "3", "--train.checkpoint_interval", "3",
         "--train.log_interval", "3", "--train.keep_checkpoints", "3",
@@ -304,7 +281,7 @@ def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     tmp_path: Path, parallel: str
 ) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    result = _torchrun(tmp_path, *TINY, "--train.parallel", parallel)
+    result = torchrun_train(tmp_path, *TINY, "--train.parallel", parallel)
     assert result.returncode == 0, result.stderr[-3000:]
     both = result.stdout + result.stderr
     assert "terminate called" not in both and "Traceback" not in both
@@ -320,7 +297,7 @@ def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     # A checkpoint of a split model holds whole tensors: one process reads and generates.
     one = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=32))
     load_model_weights(final / "model.safetensors", one)
-    generated = _scratchlm(
+    generated = scratchlm(
         tmp_path, "generate", str(run), "--prompt", "def ", "--max-new-tokens", "4"
     )
     assert generated.returncode == 0, generated.stderr[-2000:]
@@ -328,7 +305,7 @@ def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     (tmp_path / "again").mkdir()
     shutil.copytree(run, tmp_path / "again" / "tiny")
     shutil.rmtree(tmp_path / "again" / "tiny" / "checkpoints" / "step_000006")
-    resumed = _torchrun(
+    resumed = torchrun_train(
         tmp_path, "--resume", "again/tiny", "--train.parallel", parallel, "--no-samples"
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -337,7 +314,7 @@ def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     for name in ("model.safetensors", "optimizer.safetensors"):
         assert _tensors_and_metadata(again / name) == _tensors_and_metadata(final / name), name
     # And one plain process continues the run the two ranks saved.
-    more = _scratchlm(
+    more = scratchlm(
         tmp_path, "train", "--resume", str(run), "--train.max_steps", "7", "--no-samples"
     )
     assert more.returncode == 0, more.stderr[-2000:]
@@ -356,7 +333,7 @@ def test_tensor_parallel_degree_not_dividing_the_heads_is_one_line_from_rank_0(
     tmp_path: Path,
 ) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    result = _torchrun(tmp_path, *TINY, "--train.parallel", "tp", "--model.n_head", "1")
+    result = torchrun_train(tmp_path, *TINY, "--train.parallel", "tp", "--model.n_head", "1")
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, result.stderr[-2000:]

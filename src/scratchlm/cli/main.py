@@ -6,6 +6,7 @@
     scratchlm tokenizer export --tokenizer T --format hf|tiktoken|gpt2 --out PATH
     scratchlm tokenizer import FILE... --format hf|tiktoken|gpt2 | --pretrained NAME --out T
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
+                    [--nproc N]   (or under torchrun, with --train.parallel ddp|fsdp|tp)
     scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
     scratchlm eval RUN_DIR
     scratchlm plot RUN_DIR

@@ -7,7 +7,8 @@ model keys) apply as they would in the TOML file.
 
 Under torchrun, every rank runs this command. When torchrun restarts the job (--max-restarts,
 after a rank died), the same command line continues the run from its last checkpoint, as
---resume would; with no checkpoint yet it starts the run again.
+--resume would; with no checkpoint yet it starts the run again. Not under torchrun, `--nproc N`
+starts it for the user (cli/launch.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def register(commands: Any) -> None:
         "--overwrite", action="store_true", help="replace an existing run of the same name"
     )
     p.add_argument("--no-samples", action="store_true", help="skip the samples at the end")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train as N processes on this machine: starts torchrun for you (torchrun "
+        "--nproc-per-node N -m scratchlm train ... is the canonical form)",
+    )
     add_section_options(p, "", RunConfig)
     sections = typing.get_type_hints(RunConfig)
     for section in SECTIONS:
@@ -46,6 +54,7 @@ def register(commands: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     given = given_options(args)
+    _check_nproc(args.nproc)
     if args.resume is not None:
         if args.config is not None:
             raise ScratchLMError("--resume continues a run with its own config; drop --config")
@@ -63,6 +72,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         # Check the config before importing torch, so a typo is reported at once.
         config = load_config(args.config, as_overrides(given))
+    if args.nproc is not None and args.nproc > 1:
+        raise SystemExit(_launch(args, given, config.train.parallel))
     from scratchlm.runs.layout import RunPaths
     from scratchlm.train.distributed import distributed_job
 
@@ -84,6 +95,40 @@ def cmd_train(args: argparse.Namespace) -> None:
         from scratchlm.cli.generate import print_samples
 
         print_samples(config.run_dir, out_file=RunPaths(config.run_dir).samples)
+
+
+def _check_nproc(nproc: int | None) -> None:
+    if nproc is None:
+        return
+    if "WORLD_SIZE" in os.environ:
+        raise ScratchLMError(
+            "--nproc starts torchrun, but this command already runs under torchrun (WORLD_SIZE "
+            "is set); drop --nproc and give torchrun --nproc-per-node"
+        )
+    if nproc < 1:
+        raise ScratchLMError(f"--nproc must be at least 1 (the number of processes), got {nproc}")
+
+
+def _launch(args: argparse.Namespace, given: list[Any], parallel: str) -> int:
+    """Run this command as a torchrun job of args.nproc processes; its exit status."""
+    from scratchlm.cli.launch import launch_job, torchrun_command
+    from scratchlm.core.messages import note
+
+    train_args = same_command_line(args, given)
+    if parallel == "none":
+        note("train.parallel is 'none', but --nproc starts several processes: using ddp")
+        train_args += ["--train.parallel", "ddp"]
+    return launch_job(torchrun_command(args.nproc, train_args))
+
+
+def same_command_line(args: argparse.Namespace, given: list[Any]) -> list[str]:
+    """The arguments of this `scratchlm train` command, but --nproc (each option as typed)."""
+    words = [*(["--config", str(args.config)] if args.config is not None else []),
+             *(["--resume", str(args.resume)] if args.resume is not None else []),
+             *(["--overwrite"] if args.overwrite else []),
+             *(["--no-samples"] if args.no_samples else [])]  # fmt: skip
+    # "--flag=value": a value that starts with "-" stays a value.
+    return words + [f"{g.flag}={g.text}" for g in given]
 
 
 def _train(args: argparse.Namespace, config: RunConfig, given: list[Any], ranks: Any) -> Any:

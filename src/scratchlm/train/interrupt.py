@@ -7,6 +7,8 @@ import sys
 import threading
 from types import FrameType, TracebackType
 
+from scratchlm.core.messages import is_quiet
+
 
 class StopRequest:
     """While active, SIGINT/SIGTERM set `requested` instead of killing the process.
@@ -22,6 +24,8 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if is_quiet():  # e.g. every rank of a job but the main one: it would only repeat it
+            return
         # A plain print, not core.messages: tqdm's write takes a lock that the interrupted
         # code may be holding, and a signal handler must never wait for it.
         print(
