@@ -8,8 +8,23 @@ import platform
 
 
 def cpu_description() -> str:
-    """e.g. "x86_64, 2 CPUs"."""
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    """e.g. "Intel(R) Xeon(R) Processor (x86_64, 2 CPUs, avx512f)": the model and the features
+    that decide fp32/bf16 speed, which differ between machines that look alike."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    arch = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    details = ", ".join([arch, *features])
+    return f"{model} ({details})" if model else details
 
 
 def load_average() -> str:
