@@ -25,9 +25,9 @@ each case trains a copy of that run directory, fp32 on the CPU over gloo, AdamW.
     rows beyond the 300 tokens are never looked up) at a short context, under DDP and FSDP2.
     Each rank reads its own peak resident set (VmHWM in /proc/self/status; ru_maxrss would be
     wrong in children) as the run's first checkpoint starts (the training steps' peak) and at
-    the end (gathering and writing the checkpoint included). Each pair runs twice: with glibc's
-    malloc as it comes, and with a fixed mmap threshold (ALLOCATORS below). The issue's target:
-    FSDP2's per-rank peak at most 0.6x DDP's at 2 ranks.
+    the end (gathering and writing the checkpoint included), at 2 and 4 ranks
+    (--memory-ranks); --allocators also runs them under another malloc setting (ALLOCATORS
+    below). The issue's target: FSDP2's per-rank peak at most 0.6x DDP's at 2 ranks.
 
 Threads: one process gets every core (OMP_NUM_THREADS = the CPU count; a 1-thread run is shown
 for reference); each of the 2 ranks gets 1 thread, so both sides use the same cores. On a
