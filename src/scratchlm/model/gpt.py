@@ -531,12 +531,7 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        x = self.transformer["ln_f"](x)
-        logits = self.lm_head(x)  # (B, T, V)
-        if self.config.logit_softcap:
-            # A smooth clamp to (-cap, cap): no single logit can grow without bound (Gemma 2).
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
+        logits = self.head(x)  # (B, T, V)
 
         loss = None
         if targets is not None:
@@ -544,6 +539,16 @@ class GPT(nn.Module):
                 logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
             )
         return logits, loss
+
+    def head(self, x: Tensor) -> Tensor:
+        """Hidden states (..., C) from hidden_states -> logits (..., V): the final norm and the
+        language-model head. Evaluation applies it to the positions it scores only."""
+        logits = self.lm_head(self.transformer["ln_f"](x))
+        if self.config.logit_softcap:
+            # A smooth clamp to (-cap, cap): no single logit can grow without bound (Gemma 2).
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def training_loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """The mean cross-entropy forward(idx, targets) computes, without its (B, T, V) logits.
