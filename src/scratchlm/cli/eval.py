@@ -1,4 +1,13 @@
-"""`scratchlm eval RUN_DIR`: the validation loss and perplexity of a trained run."""
+"""`scratchlm eval RUN`: how good a model is.
+
+    scratchlm eval RUN                         validation loss and perplexity (quick: batches)
+    scratchlm eval RUN --val --text kjv FILE   loss, perplexity and bits per byte of every
+                                               validation document, corpus or file, rolling
+                                               windows over long texts (--stride)
+
+RUN is a run directory or a pretrained model's name (smollm2-135m-instruct). Each evaluation
+is kept with the run (evaluations.json) for `scratchlm report`.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +17,58 @@ from typing import Any
 
 
 def register(commands: Any) -> None:
-    p = commands.add_parser("eval", help="validation loss and perplexity of a trained run")
-    p.add_argument("run_dir", type=Path)
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a model: loss, perplexity, bits per byte",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN", help="a run directory or smollm2-135m-instruct")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
-    p.add_argument("--batches", type=int, default=None, help="validation batches to average")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
+    p.add_argument("--batch-size", type=int, default=16, help="requests scored together")
+    p.add_argument(
+        "--batches", type=int, default=None, help="quick validation: batches to average"
+    )
+    lm = p.add_argument_group("language modelling (loss, perplexity, bits per byte)")
+    lm.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="a corpus name (scratchlm data list), a text file or a folder; repeatable",
+    )
+    lm.add_argument("--val", action="store_true", help="every document of the validation shards")
+    lm.add_argument("--stride", type=int, default=None, help="of the windows (default: context)")
+    lm.add_argument("--max-tokens", type=int, default=None, help="per source (default: all)")
     p.set_defaults(handler=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.text or args.val:
+        _language_modeling(args)
+        return
     from scratchlm.eval.perplexity import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.checkpoint, args.batches, args.device)
+    result = evaluate_run(Path(args.run_dir), args.checkpoint, args.batches, args.device)
     print(
         f"val loss {result.val_loss:.4f} | val perplexity {result.perplexity:.2f} "
         f"({result.batches} batches)"
     )
+
+
+def _language_modeling(args: argparse.Namespace) -> None:
+    from scratchlm.eval.language_modeling import evaluate_language_modeling
+    from scratchlm.eval.records import record_evaluation
+    from scratchlm.inference.language_model import load_for_inference
+
+    lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
+    result = evaluate_language_modeling(
+        lm, args.text, args.val, args.stride, args.max_tokens, args.batch_size
+    )
+    print("\n".join(result.lines()))
+    if lm.run_dir is not None:
+        record = result.record()
+        record.checkpoint = str(args.checkpoint or "")
+        record_evaluation(lm.run_dir, record)

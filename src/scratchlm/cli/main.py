@@ -10,6 +10,7 @@
     scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
     scratchlm eval RUN_DIR
     scratchlm plot RUN_DIR
+    scratchlm report RUN_DIR
     scratchlm plan --model gpt2-1558m --gpus 8 --nodes 4 --parallel fsdp --micro-batch 4 ...
     scratchlm export RUN_DIR --format hf --out DIR | --format gguf --out FILE [--dtype f16]
     scratchlm import hf DIR --out RUN_DIR | gguf FILE --out RUN_DIR
@@ -44,6 +45,7 @@ import scratchlm.cli.generate as generate_command
 import scratchlm.cli.models as models_command
 import scratchlm.cli.plan as plan_command
 import scratchlm.cli.plot as plot_command
+import scratchlm.cli.report as report_command
 import scratchlm.cli.tokenizer as tokenizer_command
 import scratchlm.cli.train as train_command
 from scratchlm.cli.parser import CommandParser
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_command,
         eval_command,
         plot_command,
+        report_command,
         models_command,
         plan_command,
     ):
