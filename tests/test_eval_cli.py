@@ -50,3 +50,23 @@ def test_language_modelling_on_a_file_is_printed_and_recorded(
     # The same evaluation again replaces its entry rather than adding one.
     assert main(argv) == 0
     assert len(json.loads((run_dir / "evaluations.json").read_text())) == 1
+
+
+def test_a_task_file_is_scored_and_recorded_beside_other_evaluations(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = tmp_path / "tasks.jsonl"
+    lines = [
+        {"question": "One, two, three,", "choices": ["four", "blue"], "answer": 0},
+        {"question": "Red, green,", "choices": ["seven", "blue"], "answer": 1},
+        {"question": "A, B,", "choices": ["C", "Z"], "answer": 0},
+    ]
+    task.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert main(["eval", str(run_dir), "--task", str(task)]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[1:3]
+    assert header.split()[:5] == ["task", "n", "acc", "±", "acc_norm"]
+    assert row.split()[:2] == ["tasks", "3"]
+    records = json.loads((run_dir / "evaluations.json").read_text())
+    [choice] = [r for r in records if r["kind"] == "multiple-choice"]
+    assert f"{choice['metrics']['acc']:.3f}" == row.split()[2]

@@ -4,6 +4,9 @@
     scratchlm eval RUN --val --text kjv FILE   loss, perplexity and bits per byte of every
                                                validation document, corpus or file, rolling
                                                windows over long texts (--stride)
+    scratchlm eval RUN --task tasks.jsonl      multiple choice: acc and acc_norm (--shots K,
+    scratchlm eval RUN --task default          --format mmlu|hellaswag|arc|bigbench|plain,
+                                               --chat); `default` is the built-in suite
 
 RUN is a run directory or a pretrained model's name (smollm2-135m-instruct). Each evaluation
 is kept with the run (evaluations.json) for `scratchlm report`.
@@ -28,9 +31,7 @@ def register(commands: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto")
     p.add_argument("--batch-size", type=int, default=16, help="requests scored together")
-    p.add_argument(
-        "--batches", type=int, default=None, help="quick validation: batches to average"
-    )
+    p.add_argument("--batches", type=int, default=None, help="quick validation: batches to average")
     lm = p.add_argument_group("language modelling (loss, perplexity, bits per byte)")
     lm.add_argument(
         "--text",
@@ -42,12 +43,32 @@ def register(commands: Any) -> None:
     lm.add_argument("--val", action="store_true", help="every document of the validation shards")
     lm.add_argument("--stride", type=int, default=None, help="of the windows (default: context)")
     lm.add_argument("--max-tokens", type=int, default=None, help="per source (default: all)")
+    mc = p.add_argument_group("multiple choice (accuracy by log-likelihood)")
+    mc.add_argument(
+        "--task",
+        metavar="PATH|default",
+        help="a task file (JSONL/JSON, BIG-bench JSON, HellaSwag/ARC JSONL), an MMLU folder, or "
+        "default: the built-in suite",
+    )
+    mc.add_argument(
+        "--format",
+        choices=("plain", "bigbench", "mmlu", "hellaswag", "arc"),
+        default=None,
+        help="the task's layout (default: from the file)",
+    )
+    mc.add_argument("--shots", type=int, default=None, help="few-shot examples (default: task's)")
+    mc.add_argument("--seed", type=int, default=1234, help="which few-shot examples")
+    mc.add_argument("--chat", action="store_true", help="through the model's chat template")
+    mc.add_argument("--limit", type=int, default=None, help="the first N questions of a task")
     p.set_defaults(handler=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.task is not None:
+        _multiple_choice(args)
     if args.text or args.val:
         _language_modeling(args)
+    if args.task is not None or args.text or args.val:
         return
     from scratchlm.eval.perplexity import evaluate_run
 
@@ -66,6 +87,23 @@ def _language_modeling(args: argparse.Namespace) -> None:
     lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
     result = evaluate_language_modeling(
         lm, args.text, args.val, args.stride, args.max_tokens, args.batch_size
+    )
+    print("\n".join(result.lines()))
+    if lm.run_dir is not None:
+        record = result.record()
+        record.checkpoint = str(args.checkpoint or "")
+        record_evaluation(lm.run_dir, record)
+
+
+def _multiple_choice(args: argparse.Namespace) -> None:
+    from scratchlm.eval.multiple_choice import evaluate_multiple_choice
+    from scratchlm.eval.records import record_evaluation
+    from scratchlm.inference.language_model import load_for_inference
+
+    lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
+    task = None if args.task == "default" else Path(args.task)
+    result = evaluate_multiple_choice(
+        lm, task, args.format, args.shots, args.seed, args.batch_size, args.chat, args.limit
     )
     print("\n".join(result.lines()))
     if lm.run_dir is not None:
