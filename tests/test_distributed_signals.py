@@ -167,6 +167,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_one_step_and_saves_once(
     _resume_in_one_process(folder, step)
 
 
+@pytest.mark.slow  # the default suite launches through --nproc once (test below)
 def test_nproc_launches_torchrun_and_ctrl_c_stops_the_job_as_one_process(
     tmp_path: Path,
 ) -> None:
@@ -198,6 +199,7 @@ def test_nproc_trains_on_that_many_ranks_and_exits_0(tmp_path: Path) -> None:
     assert (folder / RUN / "checkpoints" / "step_000002").is_dir()
 
 
+@pytest.mark.slow
 def test_nproc_passes_on_the_status_of_a_failed_job(tmp_path: Path) -> None:
     folder = tmp_path / "job"
     shutil.copytree(REPO / "configs", folder / "configs")

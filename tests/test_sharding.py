@@ -224,6 +224,7 @@ def test_fsdp_on_two_ranks_equals_ddp(tmp_path: Path, optimizer: str) -> None:
                     )
 
 
+@pytest.mark.slow  # 4 processes on the test machine's 2 cores
 def test_fsdp_and_tensor_parallel_on_a_2d_mesh_of_four_ranks_equal_one_process(
     tmp_path: Path,
 ) -> None:
@@ -276,7 +277,8 @@ TINY = ["--config", "configs/tiny.toml", "--out_dir", "runs", "--train.max_steps
         "--sample.max_new_tokens", "4", "--no-samples"]  # fmt: skip
 
 
-@pytest.mark.parametrize("parallel", ["fsdp", "tp"])
+# Each runs three torchrun jobs (~40 s); tp stays in the default suite, fsdp is slow.
+@pytest.mark.parametrize("parallel", [pytest.param("fsdp", marks=pytest.mark.slow), "tp"])
 def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     tmp_path: Path, parallel: str
 ) -> None:
