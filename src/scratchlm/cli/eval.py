@@ -7,6 +7,8 @@
     scratchlm eval RUN --task tasks.jsonl      multiple choice: acc and acc_norm (--shots K,
     scratchlm eval RUN --task default          --format mmlu|hellaswag|arc|bigbench|plain,
                                                --chat); `default` is the built-in suite
+    scratchlm eval RUN --humaneval             pass@k on HumanEval, every program run in a
+                                               sandbox (--samples N --k 1 --k 10)
 
 RUN is a run directory or a pretrained model's name (smollm2-135m-instruct). Each evaluation
 is kept with the run (evaluations.json) for `scratchlm report`.
@@ -60,6 +62,15 @@ def register(commands: Any) -> None:
     mc.add_argument("--seed", type=int, default=1234, help="which few-shot examples")
     mc.add_argument("--chat", action="store_true", help="through the model's chat template")
     mc.add_argument("--limit", type=int, default=None, help="the first N questions of a task")
+    he = p.add_argument_group("HumanEval (pass@k; generated code runs only in the sandbox)")
+    he.add_argument("--humaneval", action="store_true", help="run HumanEval")
+    he.add_argument("--samples", type=int, default=1, help="completions per problem")
+    he.add_argument("--k", type=int, action="append", default=None, help="pass@k (repeatable)")
+    he.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    he.add_argument("--top-p", type=float, default=1.0)
+    he.add_argument("--max-new-tokens", type=int, default=384)
+    he.add_argument("--problems", type=int, default=None, help="the first N problems (all)")
+    he.add_argument("--timeout", type=float, default=10.0, help="seconds per program (and CPU)")
     p.set_defaults(handler=cmd_eval)
 
 
@@ -68,7 +79,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _multiple_choice(args)
     if args.text or args.val:
         _language_modeling(args)
-    if args.task is not None or args.text or args.val:
+    if args.humaneval:
+        _humaneval(args)
+    if args.task is not None or args.text or args.val or args.humaneval:
         return
     from scratchlm.eval.perplexity import evaluate_run
 
@@ -104,6 +117,32 @@ def _multiple_choice(args: argparse.Namespace) -> None:
     task = None if args.task == "default" else Path(args.task)
     result = evaluate_multiple_choice(
         lm, task, args.format, args.shots, args.seed, args.batch_size, args.chat, args.limit
+    )
+    print("\n".join(result.lines()))
+    if lm.run_dir is not None:
+        record = result.record()
+        record.checkpoint = str(args.checkpoint or "")
+        record_evaluation(lm.run_dir, record)
+
+
+def _humaneval(args: argparse.Namespace) -> None:
+    from scratchlm.eval.humaneval import evaluate_humaneval
+    from scratchlm.eval.records import record_evaluation
+    from scratchlm.eval.sandbox import SandboxLimits
+    from scratchlm.inference.language_model import load_for_inference
+
+    lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
+    limits = SandboxLimits(timeout_s=args.timeout, cpu_s=max(1, round(args.timeout)))
+    result = evaluate_humaneval(
+        lm,
+        samples=args.samples,
+        ks=tuple(args.k or [1]),
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.problems,
+        batch_size=args.batch_size,
+        limits=limits,
     )
     print("\n".join(result.lines()))
     if lm.run_dir is not None:
