@@ -70,3 +70,16 @@ def test_a_task_file_is_scored_and_recorded_beside_other_evaluations(
     records = json.loads((run_dir / "evaluations.json").read_text())
     [choice] = [r for r in records if r["kind"] == "multiple-choice"]
     assert f"{choice['metrics']['acc']:.3f}" == row.split()[2]
+
+
+def test_humaneval_runs_through_the_sandbox_and_is_recorded(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", str(run_dir), "--humaneval", "--problems", "2", "--max-new-tokens", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "network namespace: on" in out  # the sandbox says what protects the host
+    assert "pass@1                0.000" in out  # 4 random tokens solve nothing
+    records = json.loads((run_dir / "evaluations.json").read_text())
+    [humaneval] = [r for r in records if r["kind"] == "humaneval"]
+    assert humaneval["metrics"]["problems"] == 2

@@ -17,6 +17,7 @@ is kept with the run (evaluations.json) for `scratchlm report`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,60 +93,59 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
 
 
-def _language_modeling(args: argparse.Namespace) -> None:
-    from scratchlm.eval.language_modeling import evaluate_language_modeling
+def _evaluate(args: argparse.Namespace, evaluate: Callable[[Any], Any]) -> None:
+    """Load the model, run one evaluation on it, print its table and keep it with the run."""
     from scratchlm.eval.records import record_evaluation
     from scratchlm.inference.language_model import load_for_inference
 
     lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
-    result = evaluate_language_modeling(
-        lm, args.text, args.val, args.stride, args.max_tokens, args.batch_size
-    )
+    result = evaluate(lm)
     print("\n".join(result.lines()))
     if lm.run_dir is not None:
         record = result.record()
         record.checkpoint = str(args.checkpoint or "")
         record_evaluation(lm.run_dir, record)
+
+
+def _language_modeling(args: argparse.Namespace) -> None:
+    from scratchlm.eval.language_modeling import evaluate_language_modeling
+
+    _evaluate(
+        args,
+        lambda lm: evaluate_language_modeling(
+            lm, args.text, args.val, args.stride, args.max_tokens, args.batch_size
+        ),
+    )
 
 
 def _multiple_choice(args: argparse.Namespace) -> None:
     from scratchlm.eval.multiple_choice import evaluate_multiple_choice
-    from scratchlm.eval.records import record_evaluation
-    from scratchlm.inference.language_model import load_for_inference
 
-    lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
     task = None if args.task == "default" else Path(args.task)
-    result = evaluate_multiple_choice(
-        lm, task, args.format, args.shots, args.seed, args.batch_size, args.chat, args.limit
+    _evaluate(
+        args,
+        lambda lm: evaluate_multiple_choice(
+            lm, task, args.format, args.shots, args.seed, args.batch_size, args.chat, args.limit
+        ),
     )
-    print("\n".join(result.lines()))
-    if lm.run_dir is not None:
-        record = result.record()
-        record.checkpoint = str(args.checkpoint or "")
-        record_evaluation(lm.run_dir, record)
 
 
 def _humaneval(args: argparse.Namespace) -> None:
     from scratchlm.eval.humaneval import evaluate_humaneval
-    from scratchlm.eval.records import record_evaluation
     from scratchlm.eval.sandbox import SandboxLimits
-    from scratchlm.inference.language_model import load_for_inference
 
-    lm = load_for_inference(args.run_dir, args.checkpoint, args.device, args.dtype)
     limits = SandboxLimits(timeout_s=args.timeout, cpu_s=max(1, round(args.timeout)))
-    result = evaluate_humaneval(
-        lm,
-        samples=args.samples,
-        ks=tuple(args.k or [1]),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.problems,
-        batch_size=args.batch_size,
-        limits=limits,
+    _evaluate(
+        args,
+        lambda lm: evaluate_humaneval(
+            lm,
+            samples=args.samples,
+            ks=tuple(args.k or [1]),
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.problems,
+            batch_size=args.batch_size,
+            limits=limits,
+        ),
     )
-    print("\n".join(result.lines()))
-    if lm.run_dir is not None:
-        record = result.record()
-        record.checkpoint = str(args.checkpoint or "")
-        record_evaluation(lm.run_dir, record)
