@@ -33,8 +33,10 @@ def sandbox_processes() -> list[psutil.Process]:
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind() -> Iterator[None]:
+    # Processes earlier tests of the session left running (a worker pool, say) are not ours.
+    before = {proc.pid for proc in sandbox_processes()}
     yield
-    left = sandbox_processes()
+    left = [proc for proc in sandbox_processes() if proc.pid not in before]
     assert not left, f"processes left behind: {left}"
 
 
