@@ -3,23 +3,24 @@
 `ScratchLM` is an `lm_eval.api.model.LM` registered as "scratchlm", so every lm-eval task runs
 on a scratchlm run or a pretrained model's name:
 
-    python -m scratchlm.eval.lm_eval_adapter --model scratchlm \\
+    scratchlm-lm-eval --model scratchlm \\
         --model_args run=runs/tiny,dtype=float32 --tasks hellaswag --include_path my_tasks/
 
 (lm-eval finds models only in its own table, so the plain `lm_eval` command does not know
-"scratchlm"; this module's command is lm-eval's, with the model registered first. From Python,
+"scratchlm"; `scratchlm-lm-eval` (or `python -m scratchlm.eval.lm_eval_adapter`) is lm-eval's
+command, with the model registered first. From Python,
 importing this module is enough: `lm_eval.simple_evaluate(model="scratchlm", ...)`.)
 
 The three request types go through the same code as our own harness:
 - loglikelihood: scratchlm.eval.scoring (lm-eval's tokenisation of (context, continuation),
   batched, sorted by length), so a task scores the same through lm-eval and through ours.
-- loglikelihood_rolling: the text cut into windows exactly as lm-eval's HF backend cuts it
-  (lm_eval.utils.get_rolling_token_windows, one token of context), each window scored above.
+- loglikelihood_rolling: scratchlm.eval.rolling, whose windows at stride = block_size are
+  lm-eval's own (get_rolling_token_windows with one token of context; tested equal).
 - generate_until: LanguageModel.generate, greedy unless the task samples, stopped at the
   request's `until` strings or an end-of-text token, at most max_gen_toks tokens.
 
-`evaluate_with_lm_eval` is the entry point for `scratchlm eval`: it runs lm-eval tasks on a
-model and returns the table to print and the record the run keeps.
+`evaluate_with_lm_eval` runs lm-eval tasks on a model from Python and returns the table to
+print and the record the run keeps.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lm_eval import utils as lm_eval_utils
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.eval.records import EvaluationRecord
-from scratchlm.eval.scoring import TokenPair, encode_pair, prefix_token, score_token_pairs
+from scratchlm.eval.rolling import rolling_loglikelihoods
+from scratchlm.eval.scoring import encode_pair, score_token_pairs
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend's default
@@ -89,33 +90,10 @@ class ScratchLM(LM):
         return [(score.logprob, score.greedy) for score in scores]
 
     def loglikelihood_rolling(self, requests: list[Instance]) -> list[float]:
-        # Every window of every text is scored in one batched call, then summed per text.
-        windows: list[TokenPair] = []
-        owner: list[int] = []
-        for i, request in enumerate(requests):
-            (text,) = request.args
-            for window in self._rolling_windows(text):
-                windows.append(window)
-                owner.append(i)
-        scores = score_token_pairs(self.lm, windows, self.batch_size, desc="rolling")
-        totals = [0.0] * len(requests)
-        for i, score in zip(owner, scores, strict=True):
-            totals[i] += score.logprob
-        return totals
-
-    def _rolling_windows(self, text: str) -> list[TokenPair]:
-        """The text's tokens in disjoint windows of at most block_size predictions, each after
-        the token before it (the first after the prefix token): lm-eval's definition."""
-        tokens = self.lm.encode(text)
-        if not tokens:
-            return []
-        windows = lm_eval_utils.get_rolling_token_windows(
-            token_list=tokens,
-            prefix_token=prefix_token(self.lm),
-            max_seq_len=self.lm.block_size,
-            context_len=1,
-        )
-        return [lm_eval_utils.make_disjoint_window(w) for w in windows]
+        # lm-eval's own windows (stride = the context), every window of every text in one pass.
+        texts = [request.args[0] for request in requests]
+        totals = rolling_loglikelihoods(self.lm, texts, batch_size=self.batch_size, desc="rolling")
+        return [logprob for logprob, _ in totals]
 
     # ------------------------------------------------------------------------ generation
 
@@ -262,7 +240,7 @@ def evaluate_with_lm_eval(
     import lm_eval
 
     if not tasks:
-        raise ScratchLMError("name at least one lm-eval task (--lm-eval-task NAME)")
+        raise ScratchLMError("name at least one lm-eval task (e.g. --tasks hellaswag)")
     manager = _task_manager(list(tasks), include_path)
     lm = load_for_inference(source, checkpoint, device, dtype)
     model = ScratchLM(lm=lm, batch_size=batch_size)
