@@ -221,6 +221,7 @@ def test_two_nodes_on_one_machine_train_together(tmp_path: Path) -> None:
     [
         (["--train.max_steps", "-3"], "max_steps"),
         (["--config", "configs/no_such_recipe.toml"], "no_such_recipe.toml"),
+        (["--train.parallel", "none"], "train.parallel is 'none'; add --train.parallel ddp"),
     ],
 )
 def test_a_mistake_every_rank_finds_is_one_line_from_rank_0(

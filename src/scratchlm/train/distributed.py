@@ -41,22 +41,18 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def launched_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 @contextmanager
 def distributed_job(parallel: str) -> Iterator[Ranks]:
     """The process group for the duration of a training command, and this process's place in it.
 
     parallel = "ddp", "fsdp" or "tp" under torchrun with several processes: join the group
-    (gloo or NCCL, picked by whether CUDA is here), and at the end tear it down cleanly. Otherwise one plain
-    process, rank 0 of 1. A job of several processes with parallel = "none" would train N
-    copies writing the same files, so it is refused (by rank 0 only; the others exit quietly).
+    (gloo or NCCL, picked by whether CUDA is here), and at the end tear it down cleanly.
+    Otherwise one plain process, rank 0 of 1. A job of several processes with parallel = "none" would train N
+    copies writing the same files, so it is refused (cli/main.py prints it once, for the job).
     """
     world_size = launched_world_size()
     if parallel == "none" and world_size > 1:
-        raise _from_main_rank(
+        raise ScratchLMError(
             f"this command was started as {world_size} processes (torchrun), but "
             "train.parallel is 'none'; add --train.parallel ddp"
         )
@@ -113,14 +109,6 @@ def _return_freed_blocks_to_the_system() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):
         pass
-
-
-def _from_main_rank(message: str) -> BaseException:
-    """A user's mistake that every rank finds: rank 0 reports it in one line, the others exit
-    with the same status and print nothing (N copies of one line would only repeat it)."""
-    if launched_rank() == 0:
-        return ScratchLMError(message)
-    return SystemExit(2)
 
 
 def main_rank_first(ranks: Ranks, work: Callable[[], T]) -> T | None:
