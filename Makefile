@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck clean venv
+.PHONY: demo test test-slow lint typecheck clean venv browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scratchlm train --config configs/demo.toml --overwrite
 
-test: $(STAMP)
+# Debian's chromium, which tests/test_report_browser.py drives (Playwright downloads no browser):
+# installed with apt as root, else one line says what to install (the test skips, or fails in CI).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "make browser: install Debian's chromium (apt-get install chromium) for the report's browser test"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

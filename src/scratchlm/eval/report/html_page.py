@@ -45,6 +45,7 @@ nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
   color: var(--muted); overflow-wrap: anywhere; }
 .card .value { font-size: 15px; font-weight: 600; overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 14px; }
+.table-scroll { overflow-x: auto; }
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left;
   vertical-align: top; }
 thead th { background: var(--soft); font-weight: 600; white-space: nowrap; }
@@ -107,7 +108,9 @@ def _table(t: Table) -> str:
         "<tr>" + "".join(f"<td{cls(i)}>{text(cell)}</td>" for i, cell in enumerate(row)) + "</tr>"
         for row in t.rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # On a narrow screen a wide table scrolls sideways in its own box, not the whole page.
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="table-scroll">{table}</div>'
 
 
 def block(b: Block, run_dir: Path) -> str:
@@ -157,7 +160,8 @@ def _cards(items: Sequence[tuple[str, str]], kind: str) -> str:
 
 def render_html(document: Document, run_dir: Path) -> str:
     """The page; plots are read from `run_dir` (Figure paths are relative to it)."""
-    nav = "".join(
+    # Spaced: with nothing between the links a phone could not wrap the line between them.
+    nav = " ".join(
         f'<a href="#{anchor(s.title)}">{html.escape(s.title)}</a>' for s in document.sections
     )
     cards = _cards(document.glance, "card") + _cards(document.scores, "card score")
