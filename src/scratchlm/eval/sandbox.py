@@ -3,24 +3,48 @@
 Each program runs in its own process tree, started through a small launcher:
 
     host ──► launcher (own session, scrubbed environment, no inherited files)
+               │ not root: a user namespace of its own, where the kernel allows one
                │ unshare: new network, PID and mount namespaces where the kernel allows
-               └─► program: PID 1 of its namespace, fresh tmpfs as /tmp (its working folder),
-                   rlimits (CPU time, address space, file size, open files, processes), its own
-                   user id (when we are root), then `python -I -S program.py`
+               └─► program: PID 1 of its namespace, a read-only file system but for a fresh
+                   tmpfs as /tmp (its working folder), rlimits (CPU time, address space, file
+                   size, open files, processes), its own user id (when we are root), no
+                   capabilities, no new privileges, then `python -I -S program.py`
 
 What each layer stops:
+- user namespace (only when we are not root, who needs none): it gives the launcher the
+  capabilities the three namespaces below need, with our user and group ids mapped to
+  themselves, not to root, so that the program holds no capability once it executes Python
+  and cannot undo them (nor can a user namespace it makes itself: the mounts are locked there).
+  Linux lets any user make one unless kernel.unprivileged_userns_clone=0 (Debian),
+  user.max_user_namespaces=0 or AppArmor's restriction (Ubuntu 24.04) forbids it; the report
+  then says "refused" and the fallback below applies;
 - network namespace: no interface but a loopback that is down, so no connection anywhere
   (without one, a Python audit hook refuses sockets and ctypes instead, and the report says so);
 - PID namespace: the program sees only its own processes and cannot signal ours; when it
   exits or is killed, the kernel kills every process it started (fork bombs included);
-- mount namespace: /tmp, /var/tmp and /dev/shm are fresh size-limited tmpfs, so writes stay
-  small and vanish with it; a fresh /proc shows only its own processes;
-- its own user id (an unused number, one per run): our files are not writable to it, our
-  processes not signalable, and RLIMIT_NPROC counts only its own processes;
+- mount namespace: every mount read-only, so that it can write nothing of ours even as our own
+  user id; /tmp, /var/tmp and /dev/shm fresh size-limited tmpfs, so its writes stay small and
+  vanish with it; /run, /root and /home empty (our keys and tokens, and the D-Bus, systemd and
+  docker sockets through which a program of ours could start one outside); a fresh /proc
+  showing only its own processes (where the kernel refuses one, /proc is hidden instead);
+- its own user id (when we are root: an unused number, one per run): our files are not
+  readable to it unless they are to everyone, our processes not signalable. Not root, it runs
+  as our user id: it can read what we can outside the folders hidden above;
 - rlimits: CPU seconds, address space (a 10 GB allocation fails), file size, open files,
-  processes; no core dumps;
+  processes; no core dumps. RLIMIT_NPROC counts the processes of the program's real user id:
+  with its own user id only its own; in a user namespace (Linux >= 5.14) only those in the
+  namespace, the launcher and the program's (16 leaves it 14 children, however many we run);
+  otherwise every process of ours, so that a user already running that many leaves it no fork
+  at all (it fails safely). In a PID namespace a fork bomb dies with its PID 1 in any case;
+- no new privileges (PR_SET_NO_NEW_PRIVS): a set-user-id program (su, sudo) gains nothing;
 - the host: a wall-clock deadline and an output cap, both enforced by killing the whole
   process group; the environment holds only PATH, LANG, HOME and TMPDIR.
+
+Not root, where user namespaces are refused, the fallback is weak and the report says which
+layers are off: sockets are refused by the audit hook only; without a PID namespace the
+program could signal our processes and one that leaves its process group may outlive it;
+without a mount namespace it can write whatever we can. Allow user namespaces (or run as root)
+before evaluating code you would not run yourself.
 
 If the basic layer (a POSIX system with rlimits) is missing, `check_sandbox` raises a
 ScratchLMError naming what is missing: generated code is never run without a sandbox.
@@ -54,7 +78,7 @@ class SandboxLimits:
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE: largest file it may write
     tmpfs_bytes: int = 64 << 20  # size of its /tmp (where namespaces allow)
     open_files: int = 64  # RLIMIT_NOFILE
-    processes: int = 16  # RLIMIT_NPROC (its own user id's processes)
+    processes: int = 16  # RLIMIT_NPROC (its user id's processes: see the module docstring)
     output_bytes: int = 1 << 20  # stdout + stderr kept; more kills it
 
 
@@ -90,22 +114,66 @@ class SandboxReport:
 # the program on stdin, isolates itself, forks the program and relays its exit status on the
 # status pipe (fd given in argv) as one JSON line, with the layers it got.
 _LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
+import codecs, ctypes, errno, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 source = sys.stdin.buffer.read()
 null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
 status_fd = cfg["status_fd"]
 libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWNS = 0x10000000, 0x40000000, 0x20000000, 0x20000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_NOSYMFOLLOW, MS_NOATIME, MS_NODIRATIME, MS_PRIVATE = 256, 1024, 2048, 1 << 18
+MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 layers = {}
+def error():
+    return os.strerror(ctypes.get_errno())
 def unshare(name, flag):
     ok = libc.unshare(flag) == 0
-    layers[name] = "on" if ok else "off (" + os.strerror(ctypes.get_errno()) + ")"
+    layers[name] = "on" if ok else "off (" + error() + ")"
     return ok
-net = unshare("network namespace", 0x40000000)
-pidns = unshare("PID namespace", 0x20000000)
-mntns = unshare("mount namespace", 0x00020000)
+def enter_user_namespace():
+    # A user namespace of our own, where we hold the capabilities that network, PID and mount
+    # namespaces need. Our ids map to themselves, not to root: the program is no root in there,
+    # so executing Python takes every capability from it and it cannot undo the mounts.
+    uid, gid = os.geteuid(), os.getegid()  # before: unmapped ids read as 65534
+    if libc.unshare(CLONE_NEWUSER) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for name, line in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)),
+                       ("gid_map", "%d %d 1" % (gid, gid))):
+        fd = os.open("/proc/self/" + name, os.O_WRONLY)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+def user_namespace_refusal():
+    # Tried in a child first: a user namespace made but then refused its id maps or its
+    # capabilities (AppArmor on Ubuntu 24.04) could not be left again.
+    probe = os.fork()
+    if probe == 0:
+        try:
+            enter_user_namespace()
+            if libc.unshare(CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno if 0 < (e.errno or 0) < 255 else 255)
+        except BaseException:
+            os._exit(255)
+    code = os.waitstatus_to_exitcode(os.waitpid(probe, 0)[1])
+    return None if code == 0 else os.strerror(code) if 0 < code < 255 else "unknown error"
 root = os.geteuid() == 0
+if root:
+    layers["user namespace"] = "not needed (root)"
+else:
+    refusal = user_namespace_refusal()
+    if refusal is None:
+        enter_user_namespace()
+    layers["user namespace"] = "on" if refusal is None else "off (refused: " + refusal + ")"
+net = unshare("network namespace", CLONE_NEWNET)
+pidns = unshare("PID namespace", CLONE_NEWPID)
+mntns = unshare("mount namespace", CLONE_NEWNS)
 prefix = cfg["python_prefix"]
 def reachable(path):
     # Whether another user may reach `path` (every folder above it searchable by others).
@@ -116,49 +184,98 @@ def reachable(path):
     return True
 drop = root and (mntns or reachable(prefix))
 uid = cfg["uid_base"] + os.getpid() if drop else os.getuid()
-layers["own user id"] = "on" if drop else ("off (not root)" if not root else "off (Python is not readable to other users)")
+if drop:
+    layers["own user id"] = "on"
+elif root:
+    layers["own user id"] = "off (Python is not readable to other users)"
+else:
+    layers["own user id"] = "off (not root: it runs as our user id" + (
+        ", without capabilities)" if layers["user namespace"] == "on" else ")")
 if not net:
     layers["sockets"] = "refused by a Python audit hook only"
-if mntns:
-    layers["private /tmp, hidden /root and /home"] = "on"
+def mount(source, target, kind, flags, options=None):
+    if libc.mount(source, target, kind, flags, options) != 0:
+        raise OSError(ctypes.get_errno(), "mount " + target.decode(errors="replace"))
+# Replaced by fresh tmpfs: writable ones for its files, empty read-only ones over what holds our
+# secrets and our sockets (keys, tokens; D-Bus, systemd, docker in /run).
+SCRATCH = [b"/tmp", b"/var/tmp", b"/dev/shm"]
+HIDDEN = [b"/run", b"/var/run", b"/root", b"/home"]
+MOUNT_OPTIONS = {b"nosuid": MS_NOSUID, b"nodev": MS_NODEV, b"noexec": MS_NOEXEC,
+                 b"noatime": MS_NOATIME, b"nodiratime": MS_NODIRATIME,
+                 b"relatime": MS_RELATIME, b"nosymfollow": MS_NOSYMFOLLOW}
+def remount_read_only():
+    # Every mount it can see becomes read-only: without its own user id the program could
+    # write whatever we can. The flags are kept as they are, as a user namespace must.
+    tops = {}
+    with open("/proc/self/mountinfo", "rb") as info:
+        for line in info:
+            fields = line.split()
+            tops[codecs.escape_decode(fields[4])[0]] = fields[5].split(b",")  # the last: on top
+    writable = []
+    for point, options in tops.items():
+        if any(point == place or point.startswith(place + b"/") for place in SCRATCH + HIDDEN):
+            continue
+        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+        for option in options:
+            flags |= MOUNT_OPTIONS.get(option, 0)
+        if not flags & (MS_NOATIME | MS_RELATIME):
+            flags |= MS_STRICTATIME
+        if libc.mount(None, point, None, flags, None) != 0:
+            # A mount point we cannot reach (a private folder of another user's) the program
+            # cannot reach either: it holds no capability we lack.
+            if ctypes.get_errno() not in (errno.EACCES, errno.ENOENT):
+                writable.append("%s (%s)" % (point.decode(errors="replace"), error()))
+    return writable
+def isolate_files():
+    # Its own view of the file system: read-only but for a fresh /tmp, our homes and /run
+    # hidden, Python at its own path, a fresh /proc. The layers it got.
+    got = {}
+    mount(None, b"/", None, MS_REC | MS_PRIVATE)
+    python = os.open(prefix, os.O_PATH | os.O_DIRECTORY)  # reached again once hidden
+    writable = remount_read_only()
+    got["read-only file system"] = "on" if not writable else "partly (%d writable: %s)" % (
+        len(writable), ", ".join(writable[:3]) + (", ..." if len(writable) > 3 else ""))
+    small = ("size=%d,mode=1777" % cfg["tmpfs_bytes"]).encode()
+    for place in SCRATCH + HIDDEN:
+        if os.path.isdir(place) and not os.path.islink(place):
+            options = small if place in SCRATCH else b"size=1m,mode=755"
+            mount(b"tmpfs", place, b"tmpfs", MS_NOSUID | MS_NODEV, options)
+    os.makedirs(prefix, exist_ok=True)
+    mount(("/proc/self/fd/%d" % python).encode(), prefix.encode(), None, MS_BIND | MS_REC)
+    os.close(python)
+    for place in HIDDEN:
+        if os.path.isdir(place) and not os.path.islink(place):
+            mount(None, place, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    got["private /tmp, hidden /run, /root and /home"] = "on"
+    if pidns:
+        try:
+            mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            got["fresh /proc"] = "on"
+        except OSError as e:  # refused where /proc is partly covered (containers): hide it all
+            mount(b"tmpfs", b"/proc", b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k")
+            got["fresh /proc"] = "off (" + os.strerror(e.errno) + "; /proc hidden instead)"
+    return got
 pid = -1
+stopping = False
 def stop(signum, frame):
     # The host asks us to end the program (deadline, output cap): we kill it and reap it
     # ourselves, so that as PID 1 of its namespace it takes every process it made along.
+    global stopping
+    stopping = True
     if pid > 0:
         os.kill(pid, signal.SIGKILL)
 signal.signal(signal.SIGTERM, stop)
+# The program sends the layers it made for itself on this pipe; exec closes it.
+setup_read, setup_write = os.pipe()
 pid = os.fork()
 if pid == 0:
     try:
         os.close(status_fd)  # the program must not be able to forge its own exit status
+        os.close(setup_read)
         workdir = cfg["workdir"]
+        got = {}
         if mntns:
-            MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-            MS_PRIVATE = 1 << 18
-            def mount(source, target, kind, flags, options=None):
-                if libc.mount(source, target.encode(), kind, flags, options) != 0:
-                    raise OSError(ctypes.get_errno(), "mount " + target)
-            mount(None, "/", None, MS_REC | MS_PRIVATE)
-            small = ("size=%d,mode=1777" % cfg["tmpfs_bytes"]).encode()
-            for place in ("/tmp", "/var/tmp", "/dev/shm"):
-                if os.path.isdir(place):
-                    mount(b"tmpfs", place, b"tmpfs", MS_NOSUID | MS_NODEV, small)
-            # Home folders hold secrets (keys, tokens): hide them, but keep the Python
-            # installation at its own path if it lives in one (its library path is absolute).
-            stage = "/tmp/.python"
-            os.mkdir(stage)
-            mount(prefix.encode(), stage, None, MS_BIND | MS_REC)
-            for home in ("/root", "/home"):
-                if os.path.isdir(home):
-                    mount(b"tmpfs", home, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
-            os.makedirs(prefix, exist_ok=True)
-            mount(stage.encode(), prefix, None, MS_BIND | MS_REC)
-            mount(None, prefix, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-            libc.umount2(stage.encode(), 2)
-            os.rmdir(stage)
-            if pidns:
-                mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV)
+            got = isolate_files()
             workdir = "/tmp/sandbox"
             os.mkdir(workdir, 0o700)
         path = os.path.join(workdir, "program.py")
@@ -174,7 +291,15 @@ if pid == 0:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the launcher
+        if pidns:
+            # Its own session: a signal to its process group must not reach the launcher,
+            # which is in ours (and, as our user id, its to signal). Outside a PID namespace
+            # it stays in our group, the only handle on its processes that we have there.
+            os.setsid()
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no set-user-id program raises it again
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the launcher
+        # Fails (EPIPE) if the launcher died before the line above could take effect.
+        os.write(setup_write, json.dumps(got).encode())
         argv = [cfg["python"], "-I", "-S"]
         if not net:
             argv += ["-c", cfg["socket_guard"]]
@@ -183,7 +308,14 @@ if pid == 0:
     except BaseException as e:
         os.write(2, ("sandbox: could not start the program: %r\n" % (e,)).encode())
     os._exit(126)
+if stopping:  # asked to stop while it was being made
+    os.kill(pid, signal.SIGKILL)
 os.close(null)
+os.close(setup_write)
+got = b""
+while chunk := os.read(setup_read, 1 << 16):
+    got += chunk
+layers.update(json.loads(got or b"{}"))
 _, wait_status = os.waitpid(pid, 0)
 code = os.waitstatus_to_exitcode(wait_status)
 os.write(status_fd, (json.dumps({"returncode": code, "layers": layers}) + "\n").encode())
