@@ -1,6 +1,6 @@
 """HumanEval: the pass@k estimator by hand, the problems' own solutions pass and empty ones
-fail (each run in the sandbox), hostile completions score as failures, and the whole path
-from a (tiny) model to a recorded result."""
+fail (each run in the sandbox), hostile completions score as failures, the whole path
+from a (tiny) model to a recorded result, and the chat path (lm-eval's humaneval_instruct)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import torch
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.eval.humaneval import (
+    CHAT_STOP_SEQUENCES,
     STOP_SEQUENCES,
+    chat_prompt,
     check_completions,
     evaluate_humaneval,
     generate_completions,
@@ -21,8 +23,10 @@ from scratchlm.eval.humaneval import (
     program,
     truncate_at_stop,
 )
+from scratchlm.eval.records import read_evaluations, record_evaluation
 from scratchlm.eval.sandbox import SandboxLimits
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
+from scratchlm.inference.text import Completion
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.runs.imported import save_imported_run
@@ -129,7 +133,7 @@ def test_a_tiny_model_scores_zero_and_the_result_is_recorded(tiny_lm: LanguageMo
     assert result.pass_at == {1: 0.0} and result.samples == 1
     assert result.task_ids == ["HumanEval/0", "HumanEval/1"]
     lines = result.lines()
-    assert lines[0].startswith("HumanEval  sandbox: network namespace: on")
+    assert lines[0].startswith("HumanEval  sandbox: ") and "network namespace: on" in lines[0]
     assert "  pass@1                0.000" in lines
     record = result.record()
     assert (record.kind, record.task) == ("humaneval", "HumanEval (first 2)")
@@ -154,3 +158,105 @@ def test_bad_settings_are_refused_before_any_work(tiny_lm: LanguageModel) -> Non
         evaluate_humaneval(tiny_lm, samples=2, temperature=0.8, ks=(1, 10))
     with pytest.raises(ScratchLMError, match="--samples"):
         evaluate_humaneval(tiny_lm, samples=0)
+
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_lm(tmp_path_factory: pytest.TempPathFactory) -> LanguageModel:
+    """A tiny byte-level model with a ChatML template (one token per byte, so ids decode
+    exactly to what the model sees)."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=259, block_size=64, n_layer=1, n_head=2, n_embd=32)
+    run = tmp_path_factory.mktemp("runs") / "tiny-chat"
+    tokenizer = BPETokenizer(special_tokens=CHAT_SPECIALS)
+    save_imported_run(run, GPT(config), tokenizer, source="test", token_roles={"eos": 258})
+    (run / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
+    return load_for_inference(run, dtype="float32")
+
+
+def test_the_chat_prompt_is_lm_evals_humaneval_instruct(tiny_chat_lm: LanguageModel) -> None:
+    problem = {"prompt": 'def f(x):\n    """Add one."""\n', "task_id": "T/0"}
+    ids = chat_prompt(tiny_chat_lm, problem)
+    # lm-eval's doc_to_text as the user's turn; its gen_prefix begins the assistant's reply.
+    assert tiny_chat_lm.tokenizer.decode(ids) == (
+        "<|im_start|>user\n"
+        "Write a solution to the following problem and make sure that it passes the tests:\n"
+        '```python\ndef f(x):\n    """Add one."""\n\n```\n<|im_end|>\n'
+        "<|im_start|>assistant\n"
+        'Here is the completed function:\n```python\ndef f(x):\n    """Add one."""\n\n'
+    )
+    # The template's markers are control tokens; the reply is plain text ending with the prompt
+    # (then lm-eval's newline), so the model goes on with the body.
+    assert ids[0] == 257 and ids.count(258) == 1 and ids.count(257) == 2
+    reply = ids[len(ids) - len(problem["prompt"]) - 1 :]
+    assert tiny_chat_lm.tokenizer.decode(reply) == problem["prompt"] + "\n"
+    # Code that spells a control token stays ordinary characters.
+    smuggled = chat_prompt(tiny_chat_lm, {"prompt": "def g():\n    '<|im_end|>'\n"})
+    assert smuggled.count(258) == 1
+
+
+def test_a_chat_completion_ends_with_its_code_block() -> None:
+    body = "    return x + 1\n"
+    assert truncate_at_stop(body + "```\n\nThis adds one.", CHAT_STOP_SEQUENCES) == body
+    assert truncate_at_stop(body + "\n```", CHAT_STOP_SEQUENCES) == body + "\n"
+    assert truncate_at_stop(body + "\ndef g(): pass", CHAT_STOP_SEQUENCES) == body
+    # A model that takes the function for finished closes the block at once: no body.
+    assert truncate_at_stop("```\n\nThis function checks...", CHAT_STOP_SEQUENCES) == ""
+    # A raw completion has no code block to close: a fence is left to the raw stops.
+    assert truncate_at_stop(body + "\n```\n", STOP_SEQUENCES) == body + "\n```\n"
+
+
+def test_chat_completions_are_generated_from_the_chat_prompt(
+    tiny_chat_lm: LanguageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model's reply is scripted: what matters is what it is asked and where its answer is cut.
+    asked: list[tuple[list[object], tuple[str, ...]]] = []
+
+    def generate(prompts: list[object], sampling: object, stop: tuple[str, ...]) -> list[object]:
+        asked.append((list(prompts), tuple(stop)))
+        return [Completion("    return x + 1\n```\nIt adds one.", []) for _ in prompts]
+
+    monkeypatch.setattr(tiny_chat_lm, "generate", generate)
+    problems = load_problems(limit=2)
+    completions = generate_completions(tiny_chat_lm, problems, 1, 0.0, 1.0, 8, 2, 0, chat=True)
+    assert completions == [["    return x + 1\n"], ["    return x + 1\n"]]
+    [(prompts, stop)] = asked
+    assert sorted(map(len, prompts)) == sorted(len(chat_prompt(tiny_chat_lm, p)) for p in problems)
+    assert chat_prompt(tiny_chat_lm, problems[0]) in prompts and "```" in stop
+    # The program tested is the prompt and the body, without the chat around them.
+    assert program(problems[0], completions[0][0]).startswith(
+        problems[0]["prompt"] + "    return x + 1\n\n"
+    )
+
+
+def test_chat_and_raw_results_are_kept_apart(tiny_chat_lm: LanguageModel) -> None:
+    chat = evaluate_humaneval(tiny_chat_lm, limit=1, max_new_tokens=4, chat=True)
+    raw = evaluate_humaneval(tiny_chat_lm, limit=1, max_new_tokens=4)
+    assert chat.lines()[0].startswith("HumanEval (chat)  sandbox:")
+    assert raw.lines()[0].startswith("HumanEval  sandbox:")
+    assert (chat.record().task, chat.record().metrics["chat"]) == (
+        "HumanEval (first 1, chat)",
+        True,
+    )
+    assert (raw.record().task, raw.record().metrics["chat"]) == ("HumanEval (first 1)", False)
+    assert tiny_chat_lm.run_dir is not None
+    record_evaluation(tiny_chat_lm.run_dir, chat.record())
+    record_evaluation(tiny_chat_lm.run_dir, raw.record())
+    kept = read_evaluations(tiny_chat_lm.run_dir)
+    assert [(r.task, r.metrics["chat"]) for r in kept] == [
+        ("HumanEval (first 1, chat)", True),
+        ("HumanEval (first 1)", False),
+    ]
+
+
+def test_chat_needs_a_chat_template(tiny_lm: LanguageModel) -> None:
+    with pytest.raises(ScratchLMError, match=r"--chat needs a chat model.*no chat template"):
+        evaluate_humaneval(tiny_lm, limit=1, chat=True)

