@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.eval import sandbox
 from scratchlm.eval.humaneval import (
     CHAT_STOP_SEQUENCES,
     STOP_SEQUENCES,
@@ -24,7 +25,7 @@ from scratchlm.eval.humaneval import (
     truncate_at_stop,
 )
 from scratchlm.eval.records import read_evaluations, record_evaluation
-from scratchlm.eval.sandbox import SandboxLimits
+from scratchlm.eval.sandbox import SandboxLimits, SandboxReport
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
 from scratchlm.inference.text import Completion
 from scratchlm.model import GPT
@@ -158,6 +159,42 @@ def test_bad_settings_are_refused_before_any_work(tiny_lm: LanguageModel) -> Non
         evaluate_humaneval(tiny_lm, samples=2, temperature=0.8, ks=(1, 10))
     with pytest.raises(ScratchLMError, match="--samples"):
         evaluate_humaneval(tiny_lm, samples=0)
+
+
+WEAK = {
+    "user namespace": "off (refused: Operation not permitted)",
+    "network namespace": "off (Operation not permitted)",
+    "PID namespace": "off (Operation not permitted)",
+    "mount namespace": "off (Operation not permitted)",
+    "own user id": "off (not root: it runs as our user id)",
+}
+
+
+@pytest.mark.parametrize(
+    ("layers", "gaps"),
+    [
+        (WEAK, ["write your files", "signal your processes"]),
+        (WEAK | {"PID namespace": "on"}, ["write your files"]),
+        (WEAK | {"PID namespace": "on", "read-only file system": "on"}, []),
+        (WEAK | {"own user id": "on"}, []),
+    ],
+)
+def test_a_weak_sandbox_is_refused_unless_allowed(
+    tiny_lm: LanguageModel,
+    monkeypatch: pytest.MonkeyPatch,
+    layers: dict[str, str],
+    gaps: list[str],
+) -> None:
+    report = SandboxReport(layers)
+    assert report.gaps() == gaps
+    monkeypatch.setattr(sandbox, "check_sandbox", lambda: report)
+    if gaps:
+        with pytest.raises(ScratchLMError, match=f"could {gaps[0]}.*--weak-sandbox"):
+            evaluate_humaneval(tiny_lm, limit=1, max_new_tokens=1)
+    # Allowed (or strong): it gets past the check and runs, in the real sandbox here.
+    monkeypatch.undo()
+    result = evaluate_humaneval(tiny_lm, limit=1, max_new_tokens=1, weak_sandbox=bool(gaps))
+    assert result.pass_at[1] == 0.0
 
 
 CHATML = (

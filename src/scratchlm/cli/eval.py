@@ -77,6 +77,12 @@ def register(commands: Any) -> None:
     he.add_argument("--max-new-tokens", type=int, default=384)
     he.add_argument("--problems", type=int, default=None, help="the first N problems (all)")
     he.add_argument("--timeout", type=float, default=10.0, help="seconds per program (and CPU)")
+    he.add_argument(
+        "--weak-sandbox",
+        action="store_true",
+        help="run even where the sandbox cannot keep programs from your files and processes "
+        "(not root and no user namespaces: rlimits and a socket guard only)",
+    )
     p.set_defaults(handler=cmd_eval)
 
 
@@ -153,5 +159,6 @@ def _humaneval(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             limits=limits,
             chat=args.chat,
+            weak_sandbox=args.weak_sandbox,
         ),
     )

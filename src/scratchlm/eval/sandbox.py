@@ -109,6 +109,31 @@ class SandboxReport:
     def summary(self) -> str:
         return "; ".join(f"{name}: {state}" for name, state in self.layers.items())
 
+    def gaps(self) -> list[str]:
+        """What a program could do to us here, through the layers that are off (the weak
+        fallback); empty where our files and processes are out of its reach."""
+        own_uid = self.layers.get("own user id") == "on"
+        gaps = []
+        if not own_uid and self.layers.get("read-only file system") != "on":
+            gaps.append("write your files")
+        if not own_uid and self.layers.get("PID namespace") != "on":
+            gaps.append("signal your processes")
+        return gaps
+
+
+def require_sandbox(allow_weak: bool = False) -> SandboxReport:
+    """check_sandbox, and a refusal where the sandbox is only the weak fallback (a program
+    could write our files or signal our processes) unless the user allowed that."""
+    report = check_sandbox()
+    if report.gaps() and not allow_weak:
+        raise ScratchLMError(
+            f"the code sandbox is weak here: a generated program could {' and '.join(report.gaps())} "
+            f"({report.summary()}). Run as root or allow unprivileged user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1), or pass --weak-sandbox to run with "
+            "rlimits and the socket guard only"
+        )
+    return report
+
 
 # The launcher runs with `python -I -S -c`, as the host's user, in a new session. It reads
 # the program on stdin, isolates itself, forks the program and relays its exit status on the
