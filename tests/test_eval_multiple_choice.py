@@ -107,6 +107,15 @@ def test_acc_and_acc_norm_differ_on_a_hand_case() -> None:
     assert judge(item, [-4.0, -4.0]).prediction == 0
 
 
+def test_acc_norm_counts_characters_and_acc_bytes_bytes() -> None:
+    # "ü" is one character of two bytes. Per character: -3 / 1 = -3 loses to -4 / 2 = -2;
+    # per byte: -3 / 2 = -1.5 beats -4 / 2 = -2 (lm-eval's acc_norm and acc_bytes).
+    item = make_item("q", ["ü", "ab"], [0], "hand")
+    score = judge(item, [-3.0, -4.0])
+    assert (score.prediction, score.prediction_norm, score.prediction_bytes) == (0, 1, 0)
+    assert (score.correct, score.correct_norm, score.correct_bytes) == (True, False, True)
+
+
 def test_acc_and_acc_norm_differ_through_a_model(tmp_path: Path) -> None:
     # Every byte but "Q" and " " is its own successor. After "Q ", "ab" misses the table once
     # (a -> b): about 1,600 nats over 2 characters; "aaaaaabbbbbbcccccc" twice (a -> b, b -> c):
@@ -141,8 +150,8 @@ def test_table_and_record(tmp_path: Path) -> None:
     result = evaluate_multiple_choice(lm, write_jsonl(tmp_path / "t.jsonl", records))
     assert result.lines() == [
         f"multiple choice: {tmp_path / 't.jsonl'} (seed 1234)",
-        "task  n    acc      ±  acc_norm      ±  chance  shots",
-        "t     4  0.750  0.250     0.750  0.250   0.438      0",
+        "task  n    acc      ±  acc_norm      ±  acc_bytes      ±  chance  shots",
+        "t     4  0.750  0.250     0.750  0.250      0.750  0.250   0.438      0",
     ]
     record = result.record()
     assert record.kind == "multiple-choice"

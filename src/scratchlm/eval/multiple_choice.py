@@ -2,12 +2,14 @@
 
 Every choice of a question is scored as a continuation of the question's prompt (its k-shot
 prompt, tasks/prompt.py) with eval/scoring.py, all questions of all tasks in one batched pass.
-Two accuracies, as lm-evaluation-harness computes them:
+Three accuracies, as lm-evaluation-harness computes them:
 
-    acc       the choice with the highest summed log-probability is right
-    acc_norm  the same, each log-probability divided by its choice's length in characters
-              (lm-eval's acc_norm: len(choice), without the delimiter), so that long choices,
-              whose many tokens each cost probability, are not penalised for their length
+    acc        the choice with the highest summed log-probability is right
+    acc_norm   the same, each log-probability divided by its choice's length in characters
+               (lm-eval's acc_norm: len(choice), without the delimiter), so that long choices,
+               whose many tokens each cost probability, are not penalised for their length
+    acc_bytes  the same per UTF-8 byte (lm-eval's acc_bytes): independent of the tokenizer
+               and of how a script spells a character; equal to acc_norm on ASCII text
 
 with lm-eval's standard errors (the sample standard deviation of the 0/1 scores over the square
 root of their number), and the chance level: what picking a choice at random scores.
@@ -42,8 +44,10 @@ class ItemScore:
     logprobs: tuple[float, ...]  # summed log p of each choice, in nats
     prediction: int  # the choice with the highest log p (the first, on a tie)
     prediction_norm: int  # the highest log p per character
+    prediction_bytes: int  # the highest log p per UTF-8 byte
     correct: bool
     correct_norm: bool
+    correct_bytes: bool
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class TaskScores:
     acc_stderr: float
     acc_norm: float
     acc_norm_stderr: float
+    acc_bytes: float
+    acc_bytes_stderr: float
     chance: float
     shots: int
 
@@ -65,6 +71,7 @@ class TaskScores:
     ) -> TaskScores:
         correct = [float(s.correct) for s in scores]
         correct_norm = [float(s.correct_norm) for s in scores]
+        correct_bytes = [float(s.correct_bytes) for s in scores]
         return cls(
             task=name,
             n=len(scores),
@@ -72,6 +79,8 @@ class TaskScores:
             acc_stderr=mean_stderr(correct),
             acc_norm=mean(correct_norm),
             acc_norm_stderr=mean_stderr(correct_norm),
+            acc_bytes=mean(correct_bytes),
+            acc_bytes_stderr=mean_stderr(correct_bytes),
             chance=mean([len(i.answers) / len(i.choices) for i in items]),
             shots=shots,
         )
@@ -83,6 +92,8 @@ class TaskScores:
             "acc_stderr": self.acc_stderr,
             "acc_norm": self.acc_norm,
             "acc_norm_stderr": self.acc_norm_stderr,
+            "acc_bytes": self.acc_bytes,
+            "acc_bytes_stderr": self.acc_bytes_stderr,
             "chance": self.chance,
             "shots": self.shots,
         }
@@ -121,7 +132,7 @@ class MultipleChoiceResult:
     def lines(self) -> list[str]:
         """A small aligned table: a task a row, then all of them together if several."""
         mode = ", through the chat template" if self.chat else ""
-        header = ("task", "n", "acc", "±", "acc_norm", "±", "chance", "shots")
+        header = ("task", "n", "acc", "±", "acc_norm", "±", "acc_bytes", "±", "chance", "shots")
         table = [header] + [
             (
                 row.task,
@@ -130,6 +141,8 @@ class MultipleChoiceResult:
                 _stderr(row.acc_stderr),
                 f"{row.acc_norm:.3f}",
                 _stderr(row.acc_norm_stderr),
+                f"{row.acc_bytes:.3f}",
+                _stderr(row.acc_bytes_stderr),
                 f"{row.chance:.3f}",
                 str(row.shots) if row.shots >= 0 else "mixed",
             )
@@ -213,15 +226,19 @@ def score_tasks(
 
 
 def judge(item: Item, logprobs: Sequence[float]) -> ItemScore:
-    """Which choice the model picks, by total and by per-character log-probability."""
-    normed = [lp / len(choice) for lp, choice in zip(logprobs, item.choices, strict=True)]
-    prediction, prediction_norm = argmax(logprobs), argmax(normed)
+    """Which choice the model picks, by total, per-character and per-byte log-probability."""
+    pairs = list(zip(logprobs, item.choices, strict=True))
+    prediction = argmax(logprobs)
+    prediction_norm = argmax([lp / len(choice) for lp, choice in pairs])
+    prediction_bytes = argmax([lp / len(choice.encode("utf-8")) for lp, choice in pairs])
     return ItemScore(
         tuple(logprobs),
         prediction,
         prediction_norm,
+        prediction_bytes,
         prediction in item.answers,
         prediction_norm in item.answers,
+        prediction_bytes in item.answers,
     )
 
 
