@@ -171,6 +171,8 @@ def test_the_page_reads_well_in_a_browser(
         evaluation = page.locator("section:has(#evaluations) tbody tr").inner_text()
         assert "acc 0.5000 ± 0.2500" in evaluation and COMMAND in evaluation
         assert page.locator(".card.score").count() == 1
+        # A task is named as its file is, not upper-cased like the other cards' labels.
+        assert page.locator(".card.score .label").inner_text().startswith("odd.jsonl")
         assert page.locator("pre").inner_text().strip()  # the samples
 
         images = page.evaluate(IMAGES_JS)

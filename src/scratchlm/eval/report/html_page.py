@@ -43,6 +43,7 @@ nav a { color: var(--accent); text-decoration: none; margin-right: 14px; }
 .card.score { border-left-color: #2e8b57; background: #f3faf6; }
 .card .label { font-size: 12px; text-transform: uppercase; letter-spacing: .05em;
   color: var(--muted); overflow-wrap: anywhere; }
+.card.score .label { text-transform: none; letter-spacing: 0; }  /* task names keep their case */
 .card .value { font-size: 15px; font-weight: 600; overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 14px; }
 .table-scroll { overflow-x: auto; }
