@@ -28,11 +28,9 @@ from scratchlm.eval.report.sections import metric_texts, training_seconds
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.runs.imported import save_imported_run
-from scratchlm.runs.preparation import prepare_run
 from scratchlm.tokenizer import BPETokenizer
-from scratchlm.train.loop import train_model
+from tiny_runs import train_tiny_run
 
-REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
     "Model",
     "Tokenizer",
@@ -51,17 +49,9 @@ HOSTILE_SAMPLE = (
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny run trained for 12 steps on pydocs (ships with Python), validated every 4."""
-    base = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SCRATCHLM_CACHE", str(base / "cache"))
-        config = load_config(REPO / "configs" / "tiny.toml")
-        config.out_dir, config.name = str(base / "runs"), "tiny"
-        config.train.max_steps, config.train.eval_interval = 12, 4
-        config.train.log_interval = config.train.checkpoint_interval = 4
-        prepare_run(config)
-        train_model(config, quiet=True)
-        (config.run_dir / "samples.txt").write_text(HOSTILE_SAMPLE + "\n", encoding="utf-8")
-        yield config.run_dir
+    run = train_tiny_run(tmp_path_factory.mktemp("report"))
+    (run / "samples.txt").write_text(HOSTILE_SAMPLE + "\n", encoding="utf-8")
+    yield run
 
 
 @pytest.fixture

@@ -28,13 +28,10 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from scratchlm.cli.generate import print_samples
-from scratchlm.config import load_config
 from scratchlm.eval.records import EvaluationRecord, record_evaluation
 from scratchlm.runs.layout import RunPaths
-from scratchlm.runs.preparation import prepare_run
-from scratchlm.train.loop import train_model
+from tiny_runs import train_tiny_run
 
-REPO = Path(__file__).resolve().parents[1]
 SCREENS = Path("/tmp/report_screens")
 HEADINGS = [
     "At a glance",
@@ -54,17 +51,8 @@ COMMAND = "scratchlm eval runs/tiny --task tasks/a_rather_long_task_file_name_fo
 def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """report.html of a tiny run (12 steps on pydocs) with its samples and one recorded
     evaluation, written by the `scratchlm` command."""
-    base = tmp_path_factory.mktemp("report_browser")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SCRATCHLM_CACHE", str(base / "cache"))
-        config = load_config(REPO / "configs" / "tiny.toml")
-        config.out_dir, config.name = str(base / "runs"), "tiny"
-        config.train.max_steps, config.train.eval_interval = 12, 4
-        config.train.log_interval = config.train.checkpoint_interval = 4
-        prepare_run(config)
-        train_model(config, quiet=True)
-        run = config.run_dir
-        print_samples(run, out_file=RunPaths(run).samples)  # as `train` does
+    run = train_tiny_run(tmp_path_factory.mktemp("report_browser"))
+    print_samples(run, out_file=RunPaths(run).samples)  # as `train` does
     metrics = {"acc": 0.5, "acc_stderr": 0.25, "acc_norm": 0.25, "n": 4}
     record_evaluation(run, EvaluationRecord("multiple-choice", "odd.jsonl", metrics, COMMAND))
     scratchlm = Path(sys.executable).with_name("scratchlm")  # the venv's command
