@@ -8,6 +8,7 @@
     scratchlm train --config configs/demo.toml [--train.max_steps 100 ...] | --resume RUN_DIR
                     [--nproc N]   (or under torchrun, with --train.parallel ddp|fsdp|tp)
     scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
+    scratchlm chat RUN_DIR|smollm2-135m-instruct [--system TEXT] [--message TEXT ...]
     scratchlm eval RUN_DIR
     scratchlm plot RUN_DIR
     scratchlm report RUN_DIR
@@ -39,6 +40,7 @@ import time
 from collections.abc import Sequence
 
 # Each command's module (imported as modules, not from the package, which imports this one).
+import scratchlm.cli.chat as chat_command
 import scratchlm.cli.data as data_command
 import scratchlm.cli.eval as eval_command
 import scratchlm.cli.generate as generate_command
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         tokenizer_command,
         train_command,
         generate_command,
+        chat_command,
         eval_command,
         plot_command,
         report_command,
