@@ -1,0 +1,1 @@
+"""Fine-tuning a pretrained run: classification, instruction/chat SFT, LoRA and DPO."""
