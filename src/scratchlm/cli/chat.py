@@ -17,6 +17,7 @@ is full, saving) is inference.chat_session.ChatSession; this module only reads a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -160,6 +161,9 @@ class ChatConsole:
     def interact(self) -> None:
         """The prompt loop, until /quit, Ctrl-D, or Ctrl-C twice in a row at the prompt."""
         use_readline()
+        # Ctrl-C must reach us as KeyboardInterrupt even when we were started with SIGINT
+        # ignored (a background job of a script, a test runner): Python then leaves it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         lm, session = self.session.lm, self.session
         self.say(
             f"chatting with {self.model}: a {lm.block_size:,}-token context, replies of up to "
