@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from scratchlm.cli.generate import SAMPLE_ALIASES
 from scratchlm.cli.options import add_section_options, section_from_args
+from scratchlm.cli.weights_options import add_weights_options
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.config import SampleConfig
 
@@ -69,20 +70,7 @@ def register(commands: Any) -> None:
         help="write the conversation to this file when the session ends (as /save does)",
     )
     p.add_argument("--overwrite", action="store_true", help="let --save replace a file")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help="float32, bfloat16, or auto (bfloat16 on GPUs, on CPUs with native bf16 and "
-        "with --quantize; float32 elsewhere)",
-    )
-    p.add_argument(
-        "--quantize",
-        choices=("int8", "int4"),
-        default=None,
-        help="CPU: keep the blocks' weights in int8 or int4 (as `generate --quantize`)",
-    )
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
-    p.add_argument("--device", default="cpu")
+    add_weights_options(p)
     add_section_options(p, "sample", SampleConfig, aliases=SAMPLE_ALIASES, skip=("prompts",))
     p.set_defaults(handler=cmd_chat)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.cli.options import add_section_options, section_from_args
+from scratchlm.cli.weights_options import add_weights_options
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.config import SampleConfig
 
@@ -47,23 +48,9 @@ def register(commands: Any) -> None:
         help="send each prompt as a user message through the run's chat template, and print "
         "the reply (chat models such as smollm2-135m-instruct)",
     )
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help="float32, bfloat16, or auto (bfloat16 on GPUs, on CPUs with native bf16 and "
-        "with --quantize; float32 elsewhere)",
-    )
-    p.add_argument(
-        "--quantize",
-        choices=("int8", "int4"),
-        default=None,
-        help="CPU: keep the blocks' weights in int8 (per channel) or int4 (groups of 32, "
-        "as GGUF Q4_1): fewer bytes read per token, faster decoding, slightly different text",
-    )
+    add_weights_options(p)
     p.add_argument("--num-samples", type=int, default=1, help="sample i uses seed + i")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
     p.add_argument("--no-cache", action="store_true", help="recompute attention every step")
-    p.add_argument("--device", default="cpu")
     add_section_options(p, "sample", SampleConfig, aliases=SAMPLE_ALIASES)
     p.set_defaults(handler=cmd_generate)
 
