@@ -408,7 +408,10 @@ def test_read_jsonl(tmp_path: Path) -> None:
     ("line", "error"),
     [
         ('{"messages": [', r"chats\.jsonl:3: not JSON"),
-        ('{"text": "hi"}', r'chats\.jsonl:3: expected an object with a "messages" list'),
+        (
+            '{"text": "hi"}',
+            r'chats\.jsonl:3: expected an object with a "messages" list.*got no "messages" key',
+        ),
         ('{"messages": [{"role": "user", "content": "hi"}]}', r"chats\.jsonl:3: no assistant turn"),
         (
             '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,31 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
             f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
             "is it truncated?"
         ) from None
+
+
+def json_kind(value: Any) -> str:
+    """A JSON value's kind as a user reads it."""
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
+    for python_type, name in names.items():
+        if isinstance(value, python_type):
+            return name
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def json_objects(text: str, where: str, expected: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line of JSON Lines text as ("where:line", the object). A line that is not
+    JSON, or not an object, is a ScratchLMError naming it; `expected` says what a line should
+    be ('an object with "text" and "label"')."""
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        if not line.strip():
+            continue
+        at = f"{where}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScratchLMError(
+                f"{at}: not JSON ({e.msg} at column {e.colno}); each line must be {expected}"
+            ) from None
+        if not isinstance(value, dict):
+            raise ScratchLMError(f"{at}: expected {expected}, got {json_kind(value)}")
+        yield at, value

@@ -42,7 +42,7 @@ from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.cache import cache_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import status
-from scratchlm.core.user_files import decode_utf8, read_bytes
+from scratchlm.core.user_files import decode_utf8, json_objects, read_bytes
 from scratchlm.data.sources import (
     ChitChat,
     check_sha256,
@@ -62,25 +62,15 @@ Conversation = list[Message]
 def parse_chat_jsonl(text: str, where: str) -> list[Conversation]:
     """The conversations of JSONL text, one a line (blank lines skipped); the first bad line
     is a ScratchLMError "where:line: what"."""
+    shape = 'an object with a "messages" list, like {"messages": [{"role": "user", ...}, ...]}'
     conversations = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScratchLMError(
-                f"{where}:{number}: not JSON ({e.msg}, column {e.colno})"
-            ) from None
-        if not isinstance(record, dict) or "messages" not in record:
-            raise ScratchLMError(
-                f'{where}:{number}: expected an object with a "messages" list, '
-                f'like {{"messages": [{{"role": "user", "content": "Hi"}}, ...]}}'
-            )
+    for at, record in json_objects(text, where, shape):
+        if "messages" not in record:
+            raise ScratchLMError(f'{at}: expected {shape}, got no "messages" key')
         try:
             conversations.append(check_messages(record["messages"]))
         except ScratchLMError as e:
-            raise ScratchLMError(f"{where}:{number}: {e}") from None
+            raise ScratchLMError(f"{at}: {e}") from None
     return conversations
 
 

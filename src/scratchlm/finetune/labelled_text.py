@@ -40,7 +40,7 @@ from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.cache import cache_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import status, warn
-from scratchlm.core.user_files import read_bytes, read_text
+from scratchlm.core.user_files import json_objects, read_bytes, read_text
 from scratchlm.data.sources import check_sha256
 from scratchlm.finetune.email_text import email_to_text
 
@@ -170,23 +170,9 @@ def _label_text(value: object, where: str, line: int) -> str:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
-    text = read_text(path, "labelled data file").removeprefix("\ufeff")
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScratchLMError(
-                f"{path}:{line_number}: not valid JSON ({e.msg} at column {e.colno}); "
-                "each line must be one JSON object"
-            ) from None
-        if not isinstance(record, dict):
-            raise ScratchLMError(
-                f"{path}:{line_number}: a JSON {type(record).__name__}, not an object with "
-                "text and label fields"
-            )
-        yield line_number, record
+    text = read_text(path, "labelled data file")
+    for at, record in json_objects(text, str(path), "one JSON object with text and label fields"):
+        yield int(at.rsplit(":", 1)[1]), record
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, object]]]:

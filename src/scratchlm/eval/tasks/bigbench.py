@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.core.user_files import read_json
-from scratchlm.eval.tasks.reading import as_object, json_kind, require
+from scratchlm.core.user_files import json_kind, read_json
+from scratchlm.eval.tasks.reading import as_object, require
 from scratchlm.eval.tasks.task import Task, make_item, nonempty
 
 PERMUTATION_SEED = 42  # BIG-bench's json_task seed for the order of listed choices

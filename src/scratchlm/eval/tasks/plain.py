@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.core.user_files import read_json
-from scratchlm.eval.tasks.reading import as_object, json_kind, read_json_lines, require
+from scratchlm.core.user_files import json_kind, read_json
+from scratchlm.eval.tasks.reading import as_object, read_json_lines, require
 from scratchlm.eval.tasks.task import Item, Task, make_item, nonempty
 
 LAYOUT_KEYS = ("description", "target_delimiter", "fewshot_delimiter")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from scratchlm.core.errors import ScratchLMError
-from scratchlm.eval.tasks.reading import json_kind
+from scratchlm.core.user_files import json_kind
 
 FewshotOrder = Literal["random", "first"]
 
