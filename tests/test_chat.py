@@ -16,6 +16,7 @@ import torch
 import scratchlm.cli.chat as chat_command
 from scratchlm.cli.main import build_parser
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.finetune.conversations import CHATML_TEMPLATE as CHATML
 from scratchlm.inference.chat_session import ChatSession, Turn
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
 from scratchlm.model import GPT
@@ -23,12 +24,6 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.runs.imported import save_imported_run
 from scratchlm.tokenizer import BPETokenizer
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CHAT_SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
 END_OF_TURN = 258
 # What the scripted models say: the next token after each one (None: end the turn). Every

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.finetune.conversations import CHATML_TEMPLATE as CHATML
 from scratchlm.finetune.dpo import (
     EncodedPreference,
     collate_preferences,
@@ -42,12 +43,6 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.tokenizer import BPETokenizer
 
 SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 LN2 = math.log(2)
 
 

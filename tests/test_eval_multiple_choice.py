@@ -31,6 +31,7 @@ from scratchlm.eval.multiple_choice import (
 from scratchlm.eval.records import read_evaluations, record_evaluation
 from scratchlm.eval.tasks import Task, fewshot_examples, load_tasks, prompt_text
 from scratchlm.eval.tasks.task import make_item
+from scratchlm.finetune.conversations import CHATML_TEMPLATE as CHATML
 from scratchlm.inference.language_model import LanguageModel
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
@@ -218,13 +219,6 @@ def test_k_shot_through_the_harness(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Chat models: the prompt as a user's message, the choice as the reply
 # ---------------------------------------------------------------------------------------------
-
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def test_chat_scores_the_choice_as_the_assistants_reply(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from scratchlm.eval.humaneval import (
 )
 from scratchlm.eval.records import read_evaluations, record_evaluation
 from scratchlm.eval.sandbox import SandboxLimits, SandboxReport
+from scratchlm.finetune.conversations import CHATML_TEMPLATE as CHATML
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
 from scratchlm.inference.text import Completion
 from scratchlm.model import GPT
@@ -197,12 +198,6 @@ def test_a_weak_sandbox_is_refused_unless_allowed(
     assert result.pass_at[1] == 0.0
 
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CHAT_SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
 
 

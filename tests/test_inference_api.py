@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.finetune.conversations import CHATML_TEMPLATE as CHATML
 from scratchlm.inference.chat_template import encode_chat
 from scratchlm.inference.config import SampleConfig
 from scratchlm.inference.generate import generate_batch, sample_next_token
@@ -21,12 +22,6 @@ from scratchlm.runs.imported import save_imported_run
 from scratchlm.tokenizer import BPETokenizer
 
 SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def byte_tokenizer() -> BPETokenizer:
