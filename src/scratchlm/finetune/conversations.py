@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import progress
+from scratchlm.inference.chat_template import compiled_chat_template, render_chat
 from scratchlm.tokenizer import BPETokenizer
 
 if TYPE_CHECKING:
@@ -137,40 +138,6 @@ class ChatExample:
         return self.first(last + 1)
 
 
-class _CompiledTemplate:
-    """A chat template compiled once, rendered in Jinja's sandbox with the same settings as
-    inference/chat_template.render_chat (which compiles on every call: 30x slower, and finding
-    the replies renders each conversation once per turn)."""
-
-    def __init__(self, source: str, variables: Mapping[str, str]) -> None:
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        # The sandbox: a template comes from a downloaded file and must not reach Python objects.
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(message: str) -> None:
-            raise ScratchLMError(f"the chat template refused the messages: {message}")
-
-        env.globals["raise_exception"] = raise_exception
-        self._error = TemplateError
-        self._variables = dict(variables)
-        try:
-            self._template = env.from_string(source)
-        except TemplateError as e:
-            raise ScratchLMError(f"cannot read the chat template: {e}") from None
-
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        try:
-            return self._template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                **self._variables,
-            )
-        except self._error as e:
-            raise ScratchLMError(f"cannot render the chat template: {e}") from None
-
-
 @dataclass
 class FitReport:
     """What fitting conversations into a length limit did (ChatFormat.render_all)."""
@@ -206,13 +173,16 @@ class ChatFormat:
     train_on_all: bool = False
 
     def __post_init__(self) -> None:
-        self._compiled = _CompiledTemplate(self.template, self.template_variables)
+        compiled_chat_template(self.template)  # a template that does not parse fails here
         self._special_ids = frozenset(self.tokenizer.special_tokens.values())
+
+    def _render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
+        return render_chat(self.template, messages, add_generation_prompt, self.template_variables)
 
     def render(self, messages: Sequence[Mapping[str, str]]) -> ChatExample:
         """Token ids and loss mask of one conversation (checked with check_messages)."""
         msgs = check_messages([dict(m) for m in messages])
-        full = self._compiled.render(msgs, add_generation_prompt=False)
+        full = self._render(msgs, add_generation_prompt=False)
         # Each assistant reply as (message index, first char, end char) in `full`, and where
         # each user turn's text begins.
         replies: list[tuple[int, int, int]] = []
@@ -340,7 +310,7 @@ class ChatFormat:
         that lays out earlier turns differently once later ones exist gives no stable span."""
         if k in known:
             return known[k]
-        text = self._compiled.render(msgs[:k], add_generation_prompt) if k else ""
+        text = self._render(msgs[:k], add_generation_prompt) if k else ""
         if not full.startswith(text):
             prompt = " and the generation prompt" if add_generation_prompt else ""
             raise ScratchLMError(
@@ -359,7 +329,7 @@ class ChatFormat:
         while any(marker in m["content"] for m in msgs):
             marker += "\ue000"
         placeholders = [{**m, "content": f"{marker}{k}{marker}"} for k, m in enumerate(msgs)]
-        skeleton = self._compiled.render(placeholders, add_generation_prompt=False)
+        skeleton = self._render(placeholders, add_generation_prompt=False)
         pieces = re.split(f"{marker}(\\d+){marker}", skeleton)
         spans, text, offset = [], [], 0
         for i, piece in enumerate(pieces):
