@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import shutil
 import tempfile
 import zipfile
 from abc import ABC, abstractmethod
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from scratchlm.core.atomic_files import atomic_write_text
+from scratchlm.core.atomic_files import atomic_write_text, staging_folder
 from scratchlm.core.cache import cache_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import status
@@ -196,9 +195,7 @@ class NamedChatSet(ABC):
         """The conversations and the counts of source items dropped, built on first use."""
         folder = self.folder
         if not folder.is_dir():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-            try:
+            with staging_folder(folder) as staging:
                 conversations, dropped = self.build()
                 atomic_write_text(staging / "conversations.jsonl", chat_jsonl(conversations))
                 manifest = {
@@ -214,8 +211,6 @@ class NamedChatSet(ABC):
                 except OSError:
                     if not folder.is_dir():  # else another process finished first: as good
                         raise
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         conversations = read_chat_jsonl(folder / "conversations.jsonl")
         manifest = json.loads((folder / "set.json").read_text(encoding="utf-8"))
         return conversations, dict(manifest.get("dropped", {}))
