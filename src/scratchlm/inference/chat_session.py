@@ -74,8 +74,8 @@ class ChatSession:
             where = self.lm.run_dir or "this model"
             raise ScratchLMError(
                 f"{where} has no chat template (chat_template.jinja), so it cannot chat; use a "
-                "chat model: smollm2-135m-instruct, or a run fine-tuned with `scratchlm "
-                "finetune sft`"
+                "chat model such as smollm2-135m-instruct (`scratchlm generate` continues plain "
+                "text with this one)"
             )
         if self.sampling is None:
             self.sampling = self.lm.sampling()
