@@ -298,7 +298,7 @@ def test_jsonl_with_named_columns_integer_labels_and_an_empty_text(
     ("content", "message"),
     [
         ('{"text": "a", "label": "x"}\n{"text": "b"}\n', r"d.jsonl:2: no label column 'label' "
-         r"\(columns: text\); name the right one with --label-column"),
+         r"\(columns: text\); name the right one with --classify.label_key"),
         ('{"txt": "a", "label": "x"}\n', r"d.jsonl:1: no text column 'text'"),
         ('{"text": "a", "label": "ham"}\n{"text": "b", "label": "spma"}\n',
          r"d.jsonl:2: label 'spma' is not in the label set ham, spam \(did you mean 'spam'\?\)"),

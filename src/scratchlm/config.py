@@ -79,6 +79,9 @@ class RunConfig:
 
 
 SECTIONS = ("model", "data", "clean", "dedup", "tokenizer", "train", "sample")
+# Tables of a recipe that another command reads: `scratchlm finetune` takes [finetune], so one
+# recipe can pretrain a model and fine-tune it (finetune/config.py).
+OTHER_COMMANDS_TABLES = ("finetune",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +126,8 @@ def _apply_depth_learning_rate(config: RunConfig, given: set[str]) -> None:
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     config = RunConfig()
     for key, value in raw.items():
+        if key in OTHER_COMMANDS_TABLES:
+            continue
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ScratchLMError(f"{where}: [{key}] must be a table of keys")

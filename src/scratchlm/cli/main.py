@@ -41,8 +41,10 @@ from collections.abc import Sequence
 
 # Each command's module (imported as modules, not from the package, which imports this one).
 import scratchlm.cli.chat as chat_command
+import scratchlm.cli.classify as classify_command
 import scratchlm.cli.data as data_command
 import scratchlm.cli.eval as eval_command
+import scratchlm.cli.finetune as finetune_command
 import scratchlm.cli.generate as generate_command
 import scratchlm.cli.models as models_command
 import scratchlm.cli.plan as plan_command
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         generate_command,
         chat_command,
         eval_command,
+        finetune_command,
+        classify_command,
         plot_command,
         report_command,
         models_command,

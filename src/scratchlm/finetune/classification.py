@@ -28,17 +28,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.finetune.config import TRAINABLE_MODES, TrainableMode
 from scratchlm.model.gpt import GPT
-
-TrainableMode = Literal["head", "last_blocks", "all", "lora"]
-TRAINABLE_MODES: tuple[str, ...] = get_args(TrainableMode)
 
 
 class SequenceClassifier(nn.Module):
@@ -71,6 +69,14 @@ class SequenceClassifier(nn.Module):
         hidden = self.backbone.hidden_states(idx)  # (B, T, C)
         last = hidden[torch.arange(idx.size(0), device=idx.device), lengths - 1]  # (B, C)
         return cast(Tensor, self.backbone.transformer["ln_f"](last))
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Every parameter (a tied one once), as GPT.num_parameters counts them: the training
+        log reports it and estimates FLOPs from the non-embedding count."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for p in self.backbone._embedding_params())
+        return n
 
     # The training engine's optimizer (train/optimizer.py) asks a model for these two lists;
     # here they hold only the parameters that train (set_trainable).

@@ -121,8 +121,8 @@ def read_labelled_rows(
     empty: list[int] = []
     for line, record in rows:
         for column, role, flag in (
-            (text_column, "text", "--text-column"),
-            (label_column, "label", "--label-column"),
+            (text_column, "text", "--classify.text_key"),
+            (label_column, "label", "--classify.label_key"),
         ):
             if column not in record:
                 raise ScratchLMError(

@@ -524,6 +524,32 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's tensors with every adapter's update added to its weight, under the plain
+    model's names and without the adapters, each shared (tied) tensor once: what merging and
+    unloading would give, computed aside, so the model itself (still training) is untouched
+    and its weights stay bit for bit what they were."""
+    merged: dict[str, Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        if ".adapters." in name:
+            continue
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:  # the second name of a tied matrix; loading restores the tie
+            continue
+        seen.add(key)
+        merged[name] = tensor
+    for layer_name, layer in lora_layers(model).items():
+        if layer.merged:
+            continue  # the updates are in the weight already
+        weight = merged[f"{layer_name}.weight"].clone()
+        for adapter in cast(Iterable[LoRAAdapter], layer.adapters.values()):
+            weight[adapter.start : adapter.stop] += adapter.delta_weight().to(weight.dtype)
+        merged[f"{layer_name}.weight"] = weight
+    return merged
+
+
 def merge_lora(model: nn.Module) -> int:
     """Fold every adapter's update into its weight, so the model runs at the base model's
     speed with the adapted outputs; returns the number of layers merged. unmerge_lora undoes it."""

@@ -27,16 +27,14 @@ import bisect
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.finetune.config import BATCH_MODES, BatchMode
 from scratchlm.finetune.conversations import ChatExample
 
-BatchMode = Literal["pack", "pad"]
-BATCH_MODES: tuple[BatchMode, ...] = ("pack", "pad")
 SORT_WINDOW = 64  # padding mode sorts by length within this many batches' worth of examples
 
 

@@ -166,8 +166,10 @@ def load_checkpoint(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    load_weights: bool = True,
 ) -> tuple[TrainingState, dict[str, torch.Tensor]]:
-    """Load weights (and optimizer state) in place; return the counters and RNG states."""
+    """Load weights (and optimizer state) in place; return the counters and RNG states.
+    Without load_weights, every file is still checked but the model is left as it is."""
     meta = read_checkpoint_meta(path)
     for name, digest in meta["sha256"].items():
         if not (path / name).is_file():
@@ -177,7 +179,8 @@ def load_checkpoint(
                 f"checkpoint {path} is corrupted: {name} does not match its checksum; "
                 + damaged_checkpoint_advice(path)
             )
-    load_model_weights(path / "model.safetensors", model)
+    if load_weights:
+        load_model_weights(path / "model.safetensors", model)
     if optimizer is not None:
         _load_optimizer(optimizer, path / "optimizer.safetensors")
     rng_states = _read_safetensors(path / "state.safetensors")

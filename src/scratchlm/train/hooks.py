@@ -14,11 +14,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from scratchlm.core.messages import progress, status
+from scratchlm.model import GPT
 from scratchlm.runs.checkpoint import checkpoint_dir, save_checkpoint
 from scratchlm.train.distributed import broadcast_from_main
 from scratchlm.train.flops import flops_per_token, peak_flops, raise_peak
@@ -92,14 +93,14 @@ class TrainingLog(TrainingHook):
         self.metrics.append(record)
 
     def on_start(self, ctx: TrainingContext) -> None:
-        tc, model = ctx.config, ctx.model
+        tc, model = ctx.config, cast(Any, ctx.model)  # a GPT, or a model around one
         self.step_flops = flops_per_token(
             ctx.run.model, model.num_parameters(exclude_embeddings=True)
         )
         self.peak = peak_flops(ctx.device, self.peak_dtype)
         status(
             f"model: {model.num_parameters():,} parameters | {ctx.tokens_per_step:,} tokens per "
-            f"step ({ctx.accum} x {tc.batch_size} x {ctx.run.model.block_size}"
+            f"step ({ctx.accum} x {tc.batch_size} x {ctx.row_tokens or ctx.run.model.block_size}"
             f"{f' x {ctx.ranks.world_size} ranks' if ctx.ranks.world_size > 1 else ''}) | device "
             f"{ctx.device}, {ctx.dtype}{' (auto)' if tc.dtype == 'auto' else ''} | "
             f"{tc.optimizer}, {tc.schedule} schedule | measured peak "
@@ -187,21 +188,34 @@ class Evaluation(TrainingHook):
         tc, state = ctx.config, ctx.state
         if not is_due(report.step, tc.eval_interval, tc.max_steps):
             return
-        batches = ctx.val_batches.eval_batches(tc.eval_batches)
-        loss = evaluate_loss(ctx.model, batches, ctx.autocast, ctx.eval_loss_fn)
+        metrics = validation_metrics(ctx)
+        loss = metrics["val_loss"]
         if ctx.sharded:
             # Which checkpoint is the best is decided on one number, the same on every rank.
-            loss = broadcast_from_main(loss, ctx.ranks)
+            loss = metrics["val_loss"] = broadcast_from_main(loss, ctx.ranks)
         if state.best_val_loss is None or loss < state.best_val_loss:
             state.best_val_loss, state.best_step = loss, report.step
         ctx.val_loss = loss
         if self.log is None:
             return
-        self.log.append({"step": report.step, "val_loss": loss, "val_perplexity": perplexity(loss)})
-        status(
-            f"step {report.step:>6,}: train loss {report.train_loss:.4f} | val loss "
-            f"{loss:.4f} | val perplexity {perplexity(loss):.2f}"
+        self.log.append({"step": report.step, **metrics})
+        shown = " | ".join(
+            f"{name.replace('_', ' ')} {value:.4f}" for name, value in metrics.items()
         )
+        status(f"step {report.step:>6,}: train loss {report.train_loss:.4f} | {shown}")
+
+
+def validation_metrics(ctx: TrainingContext) -> dict[str, float]:
+    """The run's validation: a fine-tuning task's own metrics, or the loss and perplexity on
+    the validation windows."""
+    if ctx.validate is not None:
+        metrics = ctx.validate()
+        assert "val_loss" in metrics, "a validation must report val_loss"
+        return metrics
+    assert ctx.val_batches is not None
+    batches = ctx.val_batches.eval_batches(ctx.config.eval_batches)
+    loss = evaluate_loss(ctx.model, batches, ctx.autocast, ctx.eval_loss_fn)
+    return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
 
 class CheckpointPolicy(TrainingHook):
@@ -230,8 +244,11 @@ class CheckpointPolicy(TrainingHook):
         optimizer: Any = ctx.optimizer
         if ctx.sharded:  # every rank takes part in gathering; rank 0 keeps the result
             main = ctx.ranks.is_main
-            model = gather_model_tensors(ctx.model, ctx.tp, keep=main)
-            optimizer = gather_optimizer_state(ctx.optimizer, ctx.model, ctx.tp, keep=main)
+            gpt = cast(GPT, ctx.model)  # only pretraining splits a model
+            model = gather_model_tensors(gpt, ctx.tp, keep=main)
+            optimizer = gather_optimizer_state(ctx.optimizer, gpt, ctx.tp, keep=main)
+        elif ctx.checkpoint_weights is not None:
+            model = ctx.checkpoint_weights()
         self.saved_step = state.step
         if not ctx.ranks.is_main:
             ctx.last_checkpoint = checkpoint_dir(ctx.paths.root, state.step)

@@ -24,8 +24,12 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> dict[str, list[nn
     matrices   2-D weights of the hidden layers (attention and MLP projections)
     embeddings token and position embeddings, and so the tied output head
     scalars    norm gains and biases
+
+    Frozen parameters (requires_grad False: a fine-tuning run's base model) are left out.
     """
     decay, no_decay = model.decay_and_no_decay_params()  # type: ignore[operator]
+    decay = [p for p in decay if p.requires_grad]
+    no_decay = [p for p in no_decay if p.requires_grad]
     embedding_ids = {id(p) for p in model._embedding_params()}  # type: ignore[operator]
     return {
         "matrices": list(decay),
@@ -64,7 +68,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         "base_lr": config.learning_rate,
         "weight_decay": config.weight_decay,
     }
-    all_groups = [matrix_group, *[g for g in adam_groups if g["params"]]]
+    all_groups = [g for g in (matrix_group, *adam_groups) if g["params"]]
     for g in all_groups:
         g["lr"] = g["base_lr"]
     return AdamW(all_groups, lr=config.learning_rate, betas=betas)

@@ -5,13 +5,14 @@ or another run's weights with train.init_from)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
+from torch import nn
 from torch.distributed.tensor import DTensor
 
 from scratchlm.core.devices import resolve_device
@@ -53,30 +54,46 @@ from scratchlm.train.sharding import (
     resharding,
     shard_optimizer_state,
 )
-from scratchlm.train.step import LossFn, compiled, model_loss
+from scratchlm.train.step import Batch, LossFn, compiled, model_loss
 
 # The data loader's state (generator, epoch, cursor) is saved beside the torch RNG state, each
 # tensor under this prefix.
 LOADER_PREFIX = "train_loader."
 
 
-class TrainableRun(Protocol):
-    """What training reads of a run's config (scratchlm.config.RunConfig has all of it)."""
+class RunSettings(Protocol):
+    """What the loop and its hooks read of a run's config: a pretraining run's
+    (scratchlm.config.RunConfig) or a fine-tuning run's (finetune/config.py)."""
 
     @property
     def run_dir(self) -> Path: ...
 
     name: str
     model: ModelConfig
-    data: DataConfig
     train: TrainConfig
+
+
+class TrainableRun(RunSettings, Protocol):
+    """What pretraining reads of a run's config (scratchlm.config.RunConfig has all of it)."""
+
+    data: DataConfig
+
+
+class BatchSource(Protocol):
+    """Training batches one after another, and where the source is, for exact resume."""
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 @dataclass
 class TrainingContext:
     """A run being trained: what set_up_training built, and what the hooks report back."""
 
-    run: TrainableRun
+    run: RunSettings
     paths: RunPaths
     ranks: Ranks
     # This rank's place among the data-parallel groups (the loader splits batches by it): the
@@ -85,13 +102,14 @@ class TrainingContext:
     tp: int  # tensor-parallel degree (1: none)
     device: torch.device
     # The model itself, never DDP's or FSDP's wrapper: saved as it is (gathered when split).
-    model: GPT
+    # A GPT, or what fine-tuning trains (a classifier around one).
+    model: nn.Module
     optimizer: torch.optim.Optimizer
     # Each group's peak rate comes from the config, not from a checkpoint's saved groups, so a
     # changed --train.muon_lr on resume takes effect.
     base_lrs: list[float]
-    train_batches: TokenBatches
-    val_batches: TokenBatches
+    train_batches: BatchSource
+    val_batches: TokenBatches | None  # pretraining's validation windows (see validate)
     state: TrainingState
     accum: int  # micro-batches per optimizer step
     dtype: str  # "float32" or "bfloat16" ("auto" resolved)
@@ -106,6 +124,15 @@ class TrainingContext:
     resumed_from: Path | None  # the run's own checkpoint it continues, if any
     val_loss: float | None = None  # the latest validation loss
     last_checkpoint: Path | None = None  # the latest checkpoint saved by this call
+    # Fine-tuning's own parts (finetune/training.py); pretraining leaves them unset.
+    # Validation: metrics by name, "val_loss" among them (default: the loss on val_batches).
+    validate: Callable[[], dict[str, float]] | None = None
+    # The weights a checkpoint holds (default: the model's own state): a LoRA run saves
+    # them merged, so every checkpoint is a plain model for generate, chat and export.
+    checkpoint_weights: Callable[[], Mapping[str, torch.Tensor]] | None = None
+    # More tensors for a checkpoint's state.safetensors (a LoRA run's adapters).
+    extra_states: Callable[[], dict[str, torch.Tensor]] | None = None
+    row_tokens: int = 0  # positions of a batch row, for throughput (0: model.block_size)
 
     @property
     def config(self) -> TrainConfig:
@@ -120,7 +147,8 @@ class TrainingContext:
     @property
     def tokens_per_rank(self) -> int:
         """Tokens one rank computes on in an optimizer step."""
-        return self.config.batch_size * self.accum * self.run.model.block_size
+        row = self.row_tokens or self.run.model.block_size
+        return self.config.batch_size * self.accum * row
 
     @property
     def tokens_per_step(self) -> int:
@@ -134,7 +162,8 @@ class TrainingContext:
         rngs = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rngs["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {**rngs, **loader}
+        extra = self.extra_states() if self.extra_states is not None else {}
+        return {**rngs, **loader, **extra}
 
 
 def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingContext:
@@ -177,7 +206,7 @@ def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingCo
     checkpoints = list_checkpoints(paths.root) if resume else []
     resumed_from = checkpoints[-1] if checkpoints else None
     if resumed_from is not None:
-        state = restore_checkpoint(resumed_from, identity, model, train_batches, device)
+        state, _ = restore_checkpoint(resumed_from, identity, model, train_batches, device)
     else:
         state = TrainingState(extra={**identity, "skipped_steps": 0})
         if tc.init_from:
@@ -244,18 +273,20 @@ def run_identity(run: TrainableRun, paths: RunPaths) -> dict[str, Any]:
 def restore_checkpoint(
     checkpoint: Path,
     identity: dict[str, Any],
-    model: GPT,
-    train_batches: TokenBatches,
+    model: nn.Module,
+    train_batches: BatchSource,
     device: torch.device,
-) -> TrainingState:
+    load_weights: bool = True,
+) -> tuple[TrainingState, dict[str, torch.Tensor]]:
     """Load a checkpoint of this run to continue it exactly: weights, counters, the torch RNGs
     and the data loader's place (the optimizer follows, once the model is wrapped or split:
-    restore_optimizer)."""
+    restore_optimizer). Returns the counters and the checkpoint's saved states (a LoRA run's
+    adapters are among them: it loads those instead of the weights, load_weights=False)."""
     recorded = read_checkpoint_meta(checkpoint).get("extra", {})
     # Before loading anything: name what differs rather than fail on a tensor's shape.
     check_tokenizer_fingerprint(checkpoint, TrainingState(extra=recorded), identity["tokenizer"])
     check_run_matches(checkpoint, recorded, identity)
-    state, rng = load_checkpoint(checkpoint, model)
+    state, rng = load_checkpoint(checkpoint, model, load_weights=load_weights)
     kept = {key: state.extra[key] for key in ("init_from",) if key in state.extra}
     state.extra = {
         **identity,
@@ -270,16 +301,16 @@ def restore_checkpoint(
     train_batches.load_state_dict(
         {k.removeprefix(LOADER_PREFIX): v for k, v in rng.items() if k.startswith(LOADER_PREFIX)}
     )
-    return state
+    return state, rng
 
 
 def restore_optimizer(
-    checkpoint: Path, optimizer: torch.optim.Optimizer, model: GPT, tp: int
+    checkpoint: Path, optimizer: torch.optim.Optimizer, model: nn.Module, tp: int = 1
 ) -> None:
     """The checkpoint's optimizer state (whole tensors) into `optimizer`, each moment split as
     its parameter is when the model is sharded."""
     path = checkpoint / "optimizer.safetensors"
     state_dict = read_optimizer_state(path)
     if any(isinstance(p, DTensor) for p in model.parameters()):
-        state_dict = shard_optimizer_state(state_dict, optimizer, model, tp)
+        state_dict = shard_optimizer_state(state_dict, optimizer, cast(GPT, model), tp)
     load_optimizer_state(optimizer, state_dict, path)

@@ -14,7 +14,10 @@ from scratchlm.model import GPT
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.sharding import mesh_groups
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+# A micro-batch is a tuple of tensors, and the loss takes them as its arguments: (x, y) for
+# next-token prediction; a fine-tuning task's batches may hold more (finetune/task.py).
+Batch = tuple[Tensor, ...]
+LossFn = Callable[..., Tensor]
 
 
 def model_loss(model: GPT, tc: TrainConfig) -> LossFn:
@@ -44,7 +47,7 @@ def make_loss_fn(model: GPT, tc: TrainConfig) -> LossFn:
 
 def accumulate_gradients(
     loss_fn: LossFn,
-    next_batch: Callable[[], tuple[Tensor, Tensor]],
+    next_batch: Callable[[], Batch],
     accum: int,
     autocast: AbstractContextManager[object],
     no_sync: Callable[[], AbstractContextManager[object]] = nullcontext,
@@ -55,10 +58,10 @@ def accumulate_gradients(
     last micro-batch run under `no_sync` (DDP's: only the last backward all-reduces)."""
     loss_sum: Tensor | None = None
     for i in range(accum):
-        x, y = next_batch()
+        batch = next_batch()
         with no_sync() if i < accum - 1 else nullcontext():
             with autocast:
-                loss = loss_fn(x, y)
+                loss = loss_fn(*batch)
             # Each micro-batch contributes its share of the mean over the whole step.
             (loss / accum).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
@@ -68,7 +71,7 @@ def accumulate_gradients(
 
 def forward_backward(
     loss_fn: LossFn,
-    next_batch: Callable[[], tuple[Tensor, Tensor]],
+    next_batch: Callable[[], Batch],
     accum: int,
     autocast: AbstractContextManager[object],
 ) -> float:
