@@ -84,7 +84,9 @@ def test_sft_makes_a_chat_run(work: Path, capsys: pytest.CaptureFixture[str]) ->
     loss = results["assistant_token_loss"]
     assert loss["tuned"] < loss["base"]  # 20 steps take the loss well under an untrained one
     assert math.isclose(loss["tuned"], vals[-1], rel_tol=1e-6)
-    assert results["end_of_turn"]["replies"] == 10  # 10% of 100 conversations held out
+    replies = results["replies"]
+    assert replies["base"]["replies"] == replies["tuned"]["replies"] == 10  # 10% held out
+    assert replies["base"]["end_of_turn_rate"] == 0.0  # an untrained model does not stop
     assert "held-out assistant-token loss" in out and "done: 20 steps" in out
     saved = read_run(run)
     assert (saved.task, saved.data, saved.train.max_steps) == ("sft", str(work / "sums.jsonl"), 20)
@@ -220,3 +222,44 @@ def test_resume_refuses_other_data(work: Path, capsys: pytest.CaptureFixture[str
     assert "cannot change when resuming" in capsys.readouterr().err
     assert main(["finetune", "dpo", "--resume", str(run)]) == 2
     assert "is a sft run" in capsys.readouterr().err
+
+
+def test_check_replies_counts_ended_and_exact_replies(tmp_path: Path) -> None:
+    """A scripted model that always says "Hi!" and ends its turn: every reply ends, and
+    exactly the conversations whose held-out reply is "Hi!" match."""
+    from test_chat import SAYS_HI, save_chat_run
+
+    from scratchlm.finetune.sft_task import check_replies
+
+    lm = load_for_inference(save_chat_run(tmp_path / "hi", SAYS_HI, block_size=64))
+    chats = [
+        [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Hi!"}],
+        [{"role": "user", "content": "hey"}, {"role": "assistant", "content": " Hi! \n"}],
+        [{"role": "user", "content": "yo"}, {"role": "assistant", "content": "Hello"}],
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+        ],  # fmt: skip
+    ]
+    check = check_replies(lm, chats, reply_tokens=8)
+    assert (check.replies, check.ended, check.exact) == (4, 4, 2)
+    assert check.examples[0] == {"user": "hello", "reference": "Hi!", "reply": "Hi!"}
+
+
+def test_skill_sets_are_seeded_and_correct() -> None:
+    from scratchlm.finetune.skill_sets import addition, dates
+
+    sums = addition(50)
+    assert sums == addition(50) and len({s[0]["content"] for s in sums}) == 50
+    for user, assistant in sums:
+        a, b = user["content"].removeprefix("What is ").removesuffix("?").split(" + ")
+        assert int(assistant["content"]) == int(a) + int(b) and 10 <= int(a) <= 99
+    user, assistant = dates(1)[0]
+    iso = user["content"].split()[1]
+    year, month, day = (int(x) for x in iso.split("-"))
+    assert assistant["content"].split() == [str(day), MONTHS[month - 1], str(year)]
+
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]  # fmt: skip

@@ -50,6 +50,7 @@ from scratchlm.data.sources import (
     read_zip_member,
 )
 from scratchlm.finetune.conversations import Message, check_messages
+from scratchlm.finetune.skill_sets import SKILL_SETS
 
 Conversation = list[Message]
 
@@ -164,16 +165,19 @@ class ChatSet:
 
 
 def load_chat_set(source: str | os.PathLike[str]) -> ChatSet:
-    """A named set (chitchat, chatterbot; fetched on first use) or a JSONL file, deduplicated."""
+    """A named set (chitchat, chatterbot: fetched on first use; addition, dates: generated) or
+    a JSONL file, deduplicated."""
     name = str(source)
     if name in CHAT_SETS and not Path(name).exists():
         conversations, dropped = CHAT_SETS[name].fetch()
+    elif name in SKILL_SETS and not Path(name).exists():
+        conversations, dropped = SKILL_SETS[name](), {}
     elif Path(name).is_file() or Path(name).suffix in (".jsonl", ".gz"):
         conversations, dropped = read_chat_jsonl(name), {}
     else:
         raise ScratchLMError(
             f"unknown conversations {name!r}: not a file, and the named sets are "
-            f'{", ".join(CHAT_SETS)} (or give a .jsonl file of {{"messages": [...]}} lines)'
+            f'{", ".join([*CHAT_SETS, *SKILL_SETS])} (or give a .jsonl file of {{"messages": [...]}} lines)'
         )
     unique, duplicates = deduplicate(conversations)
     return ChatSet(name, unique, len(conversations), duplicates, dropped)

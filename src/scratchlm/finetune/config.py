@@ -50,10 +50,19 @@ class SFTSettings:
 
     batching: BatchMode = "pack"  # "pack" examples into full rows, or "pad" by length buckets
     train_on_all: bool = False  # the loss on every token, not only the assistant's replies
+    # The reply check before and after (finetune/sft_task.py): this many held-out prompts,
+    # each reply generated for at most reply_tokens tokens.
+    held_out_replies: int = 100
+    reply_tokens: int = 96
 
     def validate(self) -> None:
         if self.batching not in BATCH_MODES:
             raise ScratchLMError(f"sft.batching must be pack or pad, got {self.batching!r}")
+        if self.held_out_replies < 0 or self.reply_tokens < 1:
+            raise ScratchLMError(
+                "sft.held_out_replies must be >= 0 and sft.reply_tokens >= 1, got "
+                f"{self.held_out_replies} and {self.reply_tokens}"
+            )
 
 
 @dataclass

@@ -5,17 +5,20 @@ rows packed or padded (finetune/sft_batches.py).
 A base model with its own chat template (an imported chat model) keeps it; one without (our
 own pretrained runs) learns ChatML, whose <|im_start|> and <|im_end|> its tokenizer must hold.
 
-Measured at the end, on held-out conversations (finetune.json):
-- the assistant-token loss of the base model and of the tuned one;
-- how many replies end with the end-of-turn token, generating from each held-out prompt
-  (the conversation up to its last user turn) until that token or a length limit: a model
-  that holds the turn format stops by itself.
+Measured on held-out conversations, for the base model before the first step and for the
+tuned one at the end (finetune.json):
+- the assistant-token loss;
+- replies generated greedily from each held-out prompt (the conversation up to its last user
+  turn) until the end-of-turn token or sft.reply_tokens: how many end with that token (a
+  model that holds the turn format stops by itself), and how many equal the held-out reply
+  exactly (the measure of a skill with one right answer: finetune/skill_sets.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +39,12 @@ from scratchlm.finetune.conversations import (
 )
 from scratchlm.finetune.sft_batches import SFTBatches
 from scratchlm.finetune.task import EpochBatches, FinetuneTask, content_digest
-from scratchlm.inference.engine import NewToken
 from scratchlm.inference.language_model import LanguageModel
+from scratchlm.inference.text import continue_ids
 from scratchlm.model import GPT
 from scratchlm.train.validation import evaluate_loss
 
 Conversation = list[dict[str, str]]
-END_OF_TURN_PROMPTS = 100  # held-out prompts the end-of-turn rate is measured on, at most
-REPLY_TOKENS = 96  # a reply that has not ended by then did not stop
 
 
 class SFTTask(FinetuneTask):
@@ -86,7 +87,18 @@ class SFTTask(FinetuneTask):
             ).epoch(0)
         ]
         self.model: GPT = base.model
-        self.base_val_loss = self._val_loss()  # before any step: the base model's
+        # The model as chat sees it (the run's template and roles), weights training in place.
+        self.chat_lm = LanguageModel(
+            model=self.model,
+            tokenizer=base.tokenizer,
+            defaults=base.defaults,
+            chat_template=CHATML_TEMPLATE if self.own_template else base.chat_template,
+            token_roles=_roles(base, self.own_template),
+        )
+        # Before any step: the base model's numbers.
+        self.base_val_loss = self._val_loss()
+        self.checked = held_out[: run.sft.held_out_replies]
+        self.base_replies = self._replies("base model's replies")
 
     def _chat_format(self, train_on_all: bool) -> ChatFormat:
         base = self.base
@@ -126,28 +138,27 @@ class SFTTask(FinetuneTask):
             "token_roles.json": json.dumps(CHATML_TOKEN_ROLES, indent=2) + "\n",
         }
 
+    def _replies(self, what: str) -> ReplyCheck:
+        return check_replies(self.chat_lm, self.checked, self.run.sft.reply_tokens, what)
+
     def finish(self, run_dir: Path) -> list[str]:
-        tuned = LanguageModel(
-            model=self.model,
-            tokenizer=self.base.tokenizer,
-            defaults=self.base.defaults,
-            chat_template=CHATML_TEMPLATE if self.own_template else self.base.chat_template,
-            token_roles=_roles(self.base, self.own_template),
-            run_dir=run_dir,
-        )
         val_loss = self._val_loss()
-        ended, total = end_of_turn_rate(tuned, self.held_out[:END_OF_TURN_PROMPTS])
+        tuned = self._replies("tuned model's replies")
+        base = self.base_replies
         results = {
             "task": "sft",
+            "data": self.run.data,
             "held_out_conversations": len(self.held_out),
             "assistant_token_loss": {"base": self.base_val_loss, "tuned": val_loss},
-            "end_of_turn": {"ended": ended, "replies": total, "rate": ended / max(total, 1)},
+            "replies": {"base": base.to_dict(), "tuned": tuned.to_dict()},
         }
         atomic_write_text(run_dir / "finetune.json", json.dumps(results, indent=2) + "\n")
         return [
             f"held-out assistant-token loss: base {self.base_val_loss:.4f} -> tuned {val_loss:.4f}",
-            f"replies ending with the end-of-turn token: {ended}/{total} "
-            f"({100 * ended / max(total, 1):.1f}%) of held-out prompts",
+            f"held-out replies ending with the end-of-turn token: base {base.describe_ended()}"
+            f" -> tuned {tuned.describe_ended()}",
+            f"held-out replies equal to the reference: base {base.describe_exact()} -> tuned "
+            f"{tuned.describe_exact()}",
             f"results in {run_dir / 'finetune.json'}",
         ]
 
@@ -163,36 +174,77 @@ def _roles(base: LanguageModel, own_template: bool) -> dict[str, int]:
     return {role: ids[name] for role, name in CHATML_TOKEN_ROLES.items() if name in ids}
 
 
-def end_of_turn_rate(
-    lm: LanguageModel, conversations: Sequence[Conversation], batch_size: int = 16
-) -> tuple[int, int]:
-    """(replies that ended with the end-of-turn token, replies): each conversation up to its
-    last user turn, the next reply generated greedily for up to REPLY_TOKENS tokens (half
-    the context, if that is less; a prompt keeps its latest tokens)."""
+@dataclass
+class ReplyCheck:
+    """Greedy replies to held-out prompts, against the held-out replies."""
+
+    replies: int
+    ended: int  # ended with the end-of-turn token within the length limit
+    exact: int  # equal to the held-out reply (surrounding whitespace aside)
+    examples: list[dict[str, str]]  # the first few prompts with both replies
+
+    def describe_ended(self) -> str:
+        return f"{self.ended}/{self.replies} ({100 * self.ended / max(self.replies, 1):.1f}%)"
+
+    def describe_exact(self) -> str:
+        return f"{self.exact}/{self.replies} ({100 * self.exact / max(self.replies, 1):.1f}%)"
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(self.replies, 1)
+        return {
+            "replies": self.replies,
+            "ended_with_end_of_turn": self.ended,
+            "end_of_turn_rate": self.ended / n,
+            "exact_match": self.exact,
+            "exact_match_rate": self.exact / n,
+            "examples": self.examples,
+        }
+
+
+def check_replies(
+    lm: LanguageModel,
+    conversations: Sequence[Conversation],
+    reply_tokens: int,
+    what: str = "replies",
+    batch_size: int = 16,
+) -> ReplyCheck:
+    """Each conversation up to its last user turn, its next reply generated greedily for up
+    to reply_tokens tokens (half the context, if that is less; a prompt keeps its latest
+    tokens), compared with the conversation's own reply."""
     end_id = lm.token_roles.get("eos", lm.tokenizer.special_tokens.get(IM_END))
-    prompts = [_prompt_of(c) for c in conversations]
-    prompts = [p for p in prompts if p]
-    # A small context keeps half of it for the reply.
-    reply_tokens = min(REPLY_TOKENS, lm.block_size // 2)
+    if end_id is None:
+        raise ScratchLMError("the model names no end-of-turn token (token_roles.json eos)")
+    cases = [(c[: i + 1], _reply_after(c, i)) for c in conversations if (i := _last_user(c)) >= 0]
+    reply_tokens = min(reply_tokens, lm.block_size // 2)
     room = lm.block_size - reply_tokens
-    ended = 0
+    ended = exact = 0
+    examples: list[dict[str, str]] = []
     sampling = lm.sampling(temperature=0.0, max_new_tokens=reply_tokens)
-    with progress(total=len(prompts), desc="end-of-turn check", unit="reply") as bar:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            ids = [lm.encode_chat(p)[-room:] for p in chunk]
-            last: dict[int, int] = {}
-
-            def keep_last(token: NewToken, last: dict[int, int] = last) -> None:
-                last[token.row] = token.token
-
-            lm.generate(ids, sampling, on_token=keep_last)
-            ended += sum(last.get(row) == end_id for row in range(len(chunk)))
+    with progress(total=len(cases), desc=what, unit="reply") as bar:
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start : start + batch_size]
+            ids = [lm.encode_chat(prompt)[-room:] for prompt, _ in chunk]
+            # Only the end-of-turn token ends a reply here: one that ends with another
+            # special token (end of text) runs on, and does not count as ended.
+            completions = continue_ids(lm.model, lm.tokenizer, ids, sampling, stop_ids={end_id})
+            for (prompt, reference), done in zip(chunk, completions, strict=True):
+                ended += len(done.tokens) < reply_tokens  # stopped by the end-of-turn token
+                exact += done.text.strip() == reference.strip()
+                if len(examples) < EXAMPLES_KEPT:
+                    question = prompt[-1]["content"]
+                    examples.append({"user": question, "reference": reference, "reply": done.text})
             bar.update(len(chunk))
-    return ended, len(prompts)
+    return ReplyCheck(len(cases), ended, exact, examples)
 
 
-def _prompt_of(conversation: Conversation) -> Conversation:
-    """The conversation up to (and with) its last user turn."""
+EXAMPLES_KEPT = 5
+
+
+def _last_user(conversation: Conversation) -> int:
     users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
-    return conversation[: users[-1] + 1] if users else []
+    return users[-1] if users else -1
+
+
+def _reply_after(conversation: Conversation, user: int) -> str:
+    after = conversation[user + 1 : user + 2]
+    return after[0]["content"] if after and after[0]["role"] == "assistant" else ""
