@@ -27,7 +27,8 @@ from scratchlm.runs.imported import save_imported_run
 from scratchlm.tokenizer import BPETokenizer
 
 CHAT_SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
-FAST = ["--train.eval_interval", "5", "--train.log_interval", "5", "--train.warmup_steps", "2"]
+FAST = ["--train.eval_interval", "5", "--train.log_interval", "5", "--train.warmup_steps", "2",
+        "--sample.temperature", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

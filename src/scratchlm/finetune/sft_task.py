@@ -8,10 +8,11 @@ own pretrained runs) learns ChatML, whose <|im_start|> and <|im_end|> its tokeni
 Measured on held-out conversations, for the base model before the first step and for the
 tuned one at the end (finetune.json):
 - the assistant-token loss;
-- replies generated greedily from each held-out prompt (the conversation up to its last user
-  turn) until the end-of-turn token or sft.reply_tokens: how many end with that token (a
-  model that holds the turn format stops by itself), and how many equal the held-out reply
-  exactly (the measure of a skill with one right answer: finetune/skill_sets.py).
+- a reply to each held-out prompt (the conversation up to its last user turn), made as
+  `scratchlm chat RUN` makes one, with the run's [sample] settings (temperature 0: greedy),
+  until the end-of-turn token or sft.reply_tokens: how many end with that token (a model
+  that holds the turn format stops by itself), and how many equal the held-out reply exactly
+  (the measure of a skill with one right answer, asked greedily: finetune/skill_sets.py).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class SFTTask(FinetuneTask):
         self.chat_lm = LanguageModel(
             model=self.model,
             tokenizer=base.tokenizer,
-            defaults=base.defaults,
+            defaults=run.sample,
             chat_template=CHATML_TEMPLATE if self.own_template else base.chat_template,
             token_roles=_roles(base, self.own_template),
         )
@@ -208,9 +209,9 @@ def check_replies(
     what: str = "replies",
     batch_size: int = 16,
 ) -> ReplyCheck:
-    """Each conversation up to its last user turn, its next reply generated greedily for up
-    to reply_tokens tokens (half the context, if that is less; a prompt keeps its latest
-    tokens), compared with the conversation's own reply."""
+    """Each conversation up to its last user turn, its next reply sampled with lm's [sample]
+    settings for up to reply_tokens tokens (half the context, if that is less; a prompt keeps
+    its latest tokens), compared with the conversation's own reply."""
     end_id = lm.token_roles.get("eos", lm.tokenizer.special_tokens.get(IM_END))
     if end_id is None:
         raise ScratchLMError("the model names no end-of-turn token (token_roles.json eos)")
@@ -219,7 +220,7 @@ def check_replies(
     room = lm.block_size - reply_tokens
     ended = exact = 0
     examples: list[dict[str, str]] = []
-    sampling = lm.sampling(temperature=0.0, max_new_tokens=reply_tokens)
+    sampling = lm.sampling(max_new_tokens=reply_tokens)
     with progress(total=len(cases), desc=what, unit="reply") as bar:
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]

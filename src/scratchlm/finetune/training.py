@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from scratchlm.model import GPT
 from scratchlm.runs.checkpoint import TrainingState, list_checkpoints
 from scratchlm.runs.layout import RunPaths
 from scratchlm.train.hooks import StepReport, TrainingHook, is_due, training_hooks
-from scratchlm.train.loop import run_steps
+from scratchlm.train.loop import TrainResult, run_steps, train_result
 from scratchlm.train.optimizer import build_optimizer
 from scratchlm.train.precision import autocast_context, resolve_dtype
 from scratchlm.train.ranks import current_ranks
@@ -62,14 +62,8 @@ RESULTS_FILE = "finetune.json"
 
 
 @dataclass
-class FinetuneResult:
-    steps: int
-    new_steps: int
-    val_loss: float | None
-    interrupted: bool
-    checkpoint: Path | None
-    seconds: float
-    report: list[str]  # the task's final lines (empty when interrupted)
+class FinetuneResult(TrainResult):
+    report: list[str] = field(default_factory=list)  # the task's final lines (none if stopped)
 
 
 # Each task in its own module, imported when used.
@@ -125,7 +119,7 @@ def finetune(
                 f"{paths.root} is already trained to step {first_step:,} (train.max_steps is "
                 f"{tc.max_steps:,}); nothing to do. Raise --train.max_steps to continue."
             )
-            return FinetuneResult(first_step, 0, None, False, ctx.resumed_from, 0.0, [])
+            return FinetuneResult(first_step, 0, None, False, ctx.resumed_from, 0.0)
         if ctx.resumed_from is not None:
             _say(f"resuming from {ctx.resumed_from} (step {first_step:,} of {tc.max_steps:,})")
         hooks = training_hooks(ctx, resume)
@@ -142,15 +136,7 @@ def finetune(
             )
         else:
             report = _finish(run, task, paths.root)
-    return FinetuneResult(
-        steps=ctx.state.step,
-        new_steps=ctx.state.step - first_step,
-        val_loss=ctx.val_loss,
-        interrupted=interrupted,
-        checkpoint=ctx.last_checkpoint,
-        seconds=time.perf_counter() - start,
-        report=report,
-    )
+    return FinetuneResult(**vars(train_result(ctx, first_step, interrupted, start)), report=report)
 
 
 def _say(line: str) -> None:

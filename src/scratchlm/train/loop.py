@@ -74,6 +74,13 @@ def train_model(config: TrainableRun, resume: bool = False, quiet: bool = False)
                 f"stopped at step {ctx.state.step:,}; checkpoint saved to "
                 f"{ctx.last_checkpoint}\nresume with: scratchlm train --resume {ctx.paths.root}"
             )
+    return train_result(ctx, first_step, interrupted, start)
+
+
+def train_result(
+    ctx: TrainingContext, first_step: int, interrupted: bool, start: float
+) -> TrainResult:
+    """Where a call that began at first_step (at perf_counter() = start) left the run."""
     return TrainResult(
         steps=ctx.state.step,
         new_steps=ctx.state.step - first_step,
