@@ -19,12 +19,14 @@ from scratchlm.cli.main import main
 from scratchlm.finetune.config import FinetuneRun, read_recipe, read_run
 from scratchlm.finetune.conversations import CHATML_TEMPLATE
 from scratchlm.finetune.lora import load_lora
+from scratchlm.finetune.sft_task import check_replies
 from scratchlm.inference.language_model import load_for_inference
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
 from scratchlm.runs.checkpoint import list_checkpoints
 from scratchlm.runs.imported import save_imported_run
 from scratchlm.tokenizer import BPETokenizer
+from test_chat import SAYS_HI, save_chat_run
 
 CHAT_SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
 FAST = ["--train.eval_interval", "5", "--train.log_interval", "5", "--train.warmup_steps", "2",
@@ -228,10 +230,6 @@ def test_resume_refuses_other_data(work: Path, capsys: pytest.CaptureFixture[str
 def test_check_replies_counts_ended_and_exact_replies(tmp_path: Path) -> None:
     """A scripted model that always says "Hi!" and ends its turn: every reply ends, and
     exactly the conversations whose held-out reply is "Hi!" match."""
-    from test_chat import SAYS_HI, save_chat_run
-
-    from scratchlm.finetune.sft_task import check_replies
-
     lm = load_for_inference(save_chat_run(tmp_path / "hi", SAYS_HI, block_size=64))
     chats = [
         [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Hi!"}],
@@ -241,7 +239,7 @@ def test_check_replies_counts_ended_and_exact_replies(tmp_path: Path) -> None:
             {"role": "user", "content": "a"},
             {"role": "assistant", "content": "b"},
             {"role": "user", "content": "c"},
-        ],  # fmt: skip
+        ],
     ]
     check = check_replies(lm, chats, reply_tokens=8)
     assert (check.replies, check.ended, check.exact) == (4, 4, 2)
