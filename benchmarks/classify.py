@@ -8,8 +8,12 @@ from the training set only; the regularisation strength C is chosen by validatio
 the test set is scored once, with scratchlm's metrics (finetune/classification_metrics.py).
 
     pip install -e '.[bench]'        # scikit-learn
+    python benchmarks/classify.py --run runs/spam      # a `scratchlm finetune classify` run
     python benchmarks/classify.py [--data spam-assassin | FILE.jsonl | FILE.csv]
         [--val-fraction 0.1] [--test-fraction 0.1] [--seed 0] [--confusion-png PATH]
+
+With --run, the data, keys, fractions and seed are the run's, and its test results
+(finetune.json) are printed beside the baseline's, with the difference in points.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import cpu_description, load_average
@@ -37,7 +42,11 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--confusion-png", type=Path, help="also draw the test confusion matrix")
+    parser.add_argument("--run", type=Path, help="a classifier run: its split, and its result")
     args = parser.parse_args()
+    ours = None
+    if args.run is not None:
+        ours = run_settings(args)
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -80,10 +89,37 @@ def main() -> None:
     )
     print(report.format())
     print(f"test accuracy: {report.accuracy:.2%}")
+    if ours is not None:
+        print(f"\n{'test split':<34} {'accuracy':>9} {'macro F1':>9}")
+        print(f"{'scratchlm (' + str(args.run) + ')':<34} {ours['accuracy']:>9.2%} "
+              f"{ours['macro_f1']:>9.4f}")  # fmt: skip
+        print(f"{'TF-IDF + logistic regression':<34} {report.accuracy:>9.2%} "
+              f"{report.macro_f1:>9.4f}")  # fmt: skip
+        gap = 100 * (ours["accuracy"] - report.accuracy)
+        print(f"scratchlm - baseline: {gap:+.2f} points of accuracy")
     print(f"CPU: {cpu_description()}; load average {load_average()}")
     if args.confusion_png:
         plot_confusion_matrix(report, args.confusion_png, f"TF-IDF + LR: {report.accuracy:.2%}")
         print(f"wrote {args.confusion_png}")
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Take the run's data, keys, split fractions and seed into args; return its test
+    results."""
+    from scratchlm.core.user_files import read_json
+    from scratchlm.finetune.config import read_run
+
+    run = read_run(args.run)
+    if run.task != "classify":
+        sys.exit(f"{args.run} is a {run.task} run, not a classifier")
+    args.data, args.seed = run.data, run.train.seed
+    args.text_column, args.label_column = run.classify.text_key, run.classify.label_key
+    args.val_fraction, args.test_fraction = run.val_fraction, run.classify.test_fraction
+    results = args.run / "finetune.json"
+    if not results.is_file():
+        sys.exit(f"{args.run} has no finetune.json: the run has not finished")
+    test: dict[str, Any] = read_json(results, "results")["test"]
+    return test
 
 
 if __name__ == "__main__":

@@ -262,3 +262,35 @@ def test_skill_sets_are_seeded_and_correct() -> None:
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]  # fmt: skip
+
+
+def test_a_lora_run_exports_to_hf_and_peft(work: Path, tmp_path: Path) -> None:
+    """A Llama-shaped base, LoRA-tuned: the run's merged HF export and peft's adapter on the
+    base's HF export give the same logits."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from test_lora import BASE, SHAPES
+
+    tokenizer = BPETokenizer(special_tokens=CHAT_SPECIALS)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**{**BASE, **SHAPES["llama-gqa"], "vocab_size": 259, "block_size": 64}))
+    save_imported_run(tmp_path / "llama", model, tokenizer, source="test")
+    argv = ["finetune", "sft", "--base", str(tmp_path / "llama"), "--data", str(work / "sums.jsonl"),
+            "--name", "llama-lora", "--out_dir", str(tmp_path), "--lora.r", "2",
+            "--lora.targets", "q,v,down", "--train.max_steps", "4", "--train.learning_rate", "3e-2",
+            "--sft.held_out_replies", "2", *FAST]  # fmt: skip
+    assert main(argv) == 0
+    run = tmp_path / "llama-lora"
+    for args in (["export", str(tmp_path / "llama"), "--format", "hf", "--out", "base-hf"],
+                 ["export", str(run), "--format", "hf", "--out", "tuned-hf"],
+                 ["export", str(run), "--format", "peft", "--out", "peft"]):  # fmt: skip
+        assert main([*args[:-1], str(tmp_path / args[-1])]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base-hf").eval()
+    tuned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "tuned-hf").eval()
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        before = hf(x).logits
+        adapted = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()(x).logits
+        merged = tuned(x).logits
+    assert not torch.allclose(before, merged, atol=1e-4)  # training moved the adapters
+    torch.testing.assert_close(adapted, merged, rtol=0, atol=1e-5)

@@ -11,14 +11,14 @@ from typing import Any
 
 from scratchlm.core.user_paths import check_output
 
-MODEL_EXPORT_FORMATS = ("hf", "gguf")
+MODEL_EXPORT_FORMATS = ("hf", "gguf", "peft")
 MODEL_IMPORT_FORMATS = ("hf", "gguf")
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
 def register(commands: Any) -> None:
     p = commands.add_parser(
-        "export", help="write a trained run's model in another format (Hugging Face)"
+        "export", help="write a trained run's model in another format (Hugging Face, GGUF, PEFT)"
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument(
@@ -27,7 +27,8 @@ def register(commands: Any) -> None:
         choices=MODEL_EXPORT_FORMATS,
         help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
         "loads as GPT2LMHeadModel or LlamaForCausalLM; gguf: one file for llama.cpp "
-        "(Llama-shaped models)",
+        "(Llama-shaped models); peft: a LoRA run's adapter as a PEFT adapter folder for "
+        "the hf export of its base model",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (hf) or file (gguf)")
     p.add_argument(
@@ -52,7 +53,15 @@ def register(commands: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     # hf writes a folder, gguf one file; checked here, before torch is imported for runs/.
-    check_output(args.out, folder=args.format == "hf", overwrite=args.overwrite)
+    check_output(args.out, folder=args.format != "gguf", overwrite=args.overwrite)
+    if args.format == "peft":
+        from scratchlm.finetune.training import export_peft
+
+        export_peft(args.run_dir, args.out, args.overwrite)
+        print(
+            f"wrote {args.out}: a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors)"
+        )
+        return
     if args.format == "gguf":
         from scratchlm.runs.gguf_runs import export_gguf_run
 

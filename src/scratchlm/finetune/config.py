@@ -159,7 +159,8 @@ class FinetuneRun:
     # The model to start from: a run directory, or a pretrained model's name
     # (smollm2-135m-instruct).
     base: str = ""
-    # sft: chitchat, chatterbot or a JSONL of {"messages": [...]}; classify: spam-assassin or
+    # sft: chitchat, chatterbot, addition, dates or a JSONL of {"messages": [...]};
+    # classify: spam-assassin or
     # a JSONL/CSV of text and label; dpo: concise, question or a JSONL of prompt, chosen and
     # rejected.
     data: str = ""
@@ -218,7 +219,7 @@ class FinetuneRun:
 
 
 _DATA_HELP = {
-    "sft": "chitchat, chatterbot, or a JSONL file of messages",
+    "sft": "chitchat, chatterbot, addition, dates, or a JSONL file of messages",
     "classify": "spam-assassin, or a JSONL/CSV file of text and label",
     "dpo": "concise, question, or a JSONL file of prompt, chosen and rejected",
 }

@@ -283,3 +283,23 @@ def _finish(run: FinetuneRun, task: FinetuneTask, root: Path) -> list[str]:
     with torch.no_grad():
         lines += task.finish(root)
     return lines
+
+
+def export_peft(run_dir: Path, out: Path, overwrite: bool = False) -> Path:
+    """A LoRA run's adapter in PEFT's format, for the Hugging Face export of its base model
+    (`scratchlm export RUN --format peft`)."""
+    from scratchlm.finetune.config import read_run
+    from scratchlm.finetune.lora import load_lora
+    from scratchlm.finetune.lora_peft import export_peft_adapter
+
+    run = read_run(run_dir)
+    adapter = Path(run_dir) / ADAPTER_FOLDER
+    if run.task == "classify" or not adapter.is_dir():
+        raise ScratchLMError(
+            f"{run_dir} has no language-model LoRA adapter ({ADAPTER_FOLDER}/ is written by a "
+            "finished sft or dpo run with --lora.r > 0); export its merged weights with "
+            "--format hf instead"
+        )
+    base = load_for_inference(run_directory(run.base), dtype="float32")
+    load_lora(base.model, adapter, base_name=run.base)
+    return export_peft_adapter(base.model, out, run.base, overwrite=overwrite)
