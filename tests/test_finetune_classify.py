@@ -197,6 +197,8 @@ def write(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
          "the right one with --classify.label_key"),
         ("rare-label.jsonl", "rare-label.jsonl: label 'urgent' has 2 example(s); a stratified "
          "split into 3 sets needs at least 3 of each label"),
+        ("typo.jsonl --classify.labels ham,spam", "typo.jsonl:3: label 'Spam' is not in the "
+         "label set ham, spam (did you mean 'spam'?)"),
     ],
 )  # fmt: skip
 def test_bad_data_is_one_clear_line(
@@ -205,8 +207,10 @@ def test_bad_data_is_one_clear_line(
     texts = [{"text": f"text {i}", "label": "ham" if i % 2 else "spam"} for i in range(20)]
     write(tmp_path / "no-label.jsonl", [texts[0], {"text": "no label"}, *texts[1:]])
     write(tmp_path / "rare-label.jsonl", [*texts, *[{"text": "now!", "label": "urgent"}] * 2])
+    write(tmp_path / "typo.jsonl", [*texts[:2], {"text": "buy", "label": "Spam"}, *texts[2:]])
+    data, *options = data.split()
     args = ["finetune", "classify", "--base", str(work / "base"), "--data", str(tmp_path / data),
-            "--name", "bad", "--out_dir", str(tmp_path / "runs")]  # fmt: skip
+            "--name", "bad", "--out_dir", str(tmp_path / "runs"), *options]  # fmt: skip
     assert main(args) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and says in errors[0], errors

@@ -81,7 +81,9 @@ class ClassifyTask(FinetuneTask):
     def __init__(self, run: FinetuneRun, base: LanguageModel, device: torch.device) -> None:
         super().__init__(run, base, device)
         settings = run.classify
-        dataset = load_labelled_data(run.data, settings.text_key, settings.label_key)
+        dataset = load_labelled_data(
+            run.data, settings.text_key, settings.label_key, settings.labels or None
+        )
         self.labels = sorted(dataset.labels)
         counts = dataset.label_counts()
         status(

@@ -74,6 +74,9 @@ class ClassifySettings:
     last_blocks: int = 1
     text_key: str = "text"  # the column (CSV) or key (JSONL) of the text
     label_key: str = "label"  # ... and of its label
+    # The labels the data may hold (a row with another one is refused, naming its line);
+    # empty: whatever labels the data has.
+    labels: list[str] = field(default_factory=list)
     test_fraction: float = 0.15  # held out for the final test, as val_fraction for validation
     dropout: float = 0.0  # before the head
 
