@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck clean venv browser
+.PHONY: demo chat test test-slow lint typecheck clean venv browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/scratchlm train --config configs/demo.toml --overwrite
+
+# configs/chat.toml: pretrain a small model with ChatML's turn markers, then SFT it into a
+# chatbot (about 20 minutes on 2 cores); talk to it with `scratchlm chat runs/chat`.
+chat: $(STAMP)
+	$(BIN)/scratchlm train --config configs/chat.toml --overwrite
+	$(BIN)/scratchlm finetune sft --config configs/chat.toml --overwrite
 
 # Debian's chromium, which tests/test_report_browser.py drives (Playwright downloads no browser):
 # installed with apt as root, else one line says what to install (the test skips, or fails in CI).
