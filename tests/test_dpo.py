@@ -451,3 +451,24 @@ def test_generations_move_the_preferred_way() -> None:
     assert evaluate_preferences(lm.model, reference, held)["preference_accuracy"] >= 0.9
     words_after = measure_generations(lm, "concise", prompts, sampling)
     assert words_before > 10 and 1 < words_after < words_before / 2
+
+
+def test_nll_weight_adds_the_chosen_replies_nll_per_token() -> None:
+    """RPO's term, by hand: the loss grows by weight x (-sum of chosen log-probs / chosen
+    reply tokens), and the rewards stay DPO's."""
+    from scratchlm.finetune.dpo import PreferenceBatch, dpo_batch_loss, sequence_logprobs
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    inputs = torch.randint(0, 40, (4, 6))
+    targets = torch.randint(0, 40, (4, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0],
+                         [0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)  # fmt: skip
+    batch = PreferenceBatch(inputs, targets, mask, torch.tensor([-3.0, -4.0, -5.0, -6.0]))
+    plain = dpo_batch_loss(model, None, batch, beta=0.2)
+    rpo = dpo_batch_loss(model, None, batch, beta=0.2, nll_weight=0.5)
+    with torch.no_grad():
+        chosen = sequence_logprobs(model, inputs, targets, mask)[:2]
+    nll = float(-chosen.sum() / 5)  # 3 + 2 chosen reply tokens
+    assert float(rpo.loss) == pytest.approx(float(plain.loss) + 0.5 * nll, rel=1e-6)
+    assert torch.equal(rpo.margins, plain.margins)

@@ -102,6 +102,9 @@ class DPOSettings:
 
     beta: float = 0.1  # how far from the reference the policy may move (larger: less)
     label_smoothing: float = 0.0  # the share of pairs assumed mislabelled (conservative DPO)
+    # Add this many times the chosen replies' NLL per token (RPO): keeps the chosen replies
+    # likely, where DPO alone may push both down until the model says nothing. 0: plain DPO.
+    nll_weight: float = 0.0
     # Generated preferences (concise, question): pairs to make, held-out ones included.
     pairs: int = 1200
 
@@ -109,6 +112,10 @@ class DPOSettings:
         from scratchlm.finetune.dpo import check_dpo_settings
 
         check_dpo_settings(self.beta, self.label_smoothing)
+        if not self.nll_weight >= 0:
+            raise ScratchLMError(
+                f"dpo.nll_weight must be >= 0 (0: plain DPO), got {self.nll_weight}"
+            )
         if self.pairs < 2:
             raise ScratchLMError(
                 f"dpo.pairs must be at least 2 (train and held out), got {self.pairs}"

@@ -308,10 +308,15 @@ def dpo_batch_loss(
     batch: PreferenceBatch,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    nll_weight: float = 0.0,
 ) -> DPOOutput:
     """One batch's DPO loss: the policy's log-probs (one forward over chosen and rejected
     rows together) against the reference's, precomputed in the batch or computed here by
-    `reference` without a graph. What a training step calls, then loss.backward()."""
+    `reference` without a graph. What a training step calls, then loss.backward().
+
+    nll_weight > 0 adds that many times the chosen replies' negative log-likelihood per token
+    (RPO, Pang et al. 2024): DPO alone only widens the margin, and may do it by pushing both
+    replies down until the model says nothing; the NLL keeps the chosen reply likely."""
     if batch.reference is not None:
         reference_logps = batch.reference
     elif reference is not None:
@@ -320,7 +325,7 @@ def dpo_batch_loss(
         raise ScratchLMError("DPO needs a reference model or precomputed reference log-probs")
     policy_logps = sequence_logprobs(policy, batch.inputs, batch.targets, batch.reply_mask)
     B = batch.pairs
-    return dpo_loss(
+    out = dpo_loss(
         policy_logps[:B],
         policy_logps[B:],
         reference_logps[:B],
@@ -328,6 +333,11 @@ def dpo_batch_loss(
         beta,
         label_smoothing,
     )
+    if nll_weight > 0:
+        chosen_tokens = batch.reply_mask[:B].sum().clamp(min=1)
+        nll = -policy_logps[:B].sum() / chosen_tokens
+        out = replace(out, loss=out.loss + nll_weight * nll)
+    return out
 
 
 def precompute_reference(

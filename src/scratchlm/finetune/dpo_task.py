@@ -144,6 +144,7 @@ class DPOTask(FinetuneTask):
             PreferenceBatch(inputs, targets, reply_mask, reference),
             self.beta,
             self.label_smoothing,
+            self.run.dpo.nll_weight,
         )
         # Sums kept on the device, read at log steps only (a read is a GPU sync).
         pairs = out.margins.numel()
