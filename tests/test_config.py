@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from scratchlm.config import RunConfig, load_config
+from scratchlm.core.config_files import read_toml
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import model_preset
 
@@ -16,7 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
 def test_every_recipe_loads(recipe: Path) -> None:
     config = load_config(recipe)
-    assert config.name == recipe.stem
+    finetune = read_toml(recipe).get("finetune")
+    if finetune is None:
+        assert config.name == recipe.stem
+    else:
+        # A recipe that pretrains and fine-tunes: its fine-tuned run bears its name, and its
+        # base is the run it pretrains.
+        from scratchlm.finetune.config import read_recipe
+
+        run = read_recipe(recipe)
+        run.validate()
+        assert run.name == recipe.stem and run.base == str(Path("runs") / config.name)
 
 
 def test_overrides_are_typed() -> None:
