@@ -50,7 +50,13 @@ from scratchlm.finetune.classification_metrics import (
 from scratchlm.finetune.config import TABLE, FinetuneRun, finetune_from_table
 from scratchlm.finetune.labelled_text import LabelledExample, load_labelled_data, stratified_split
 from scratchlm.finetune.lora import apply_lora, lora_config
-from scratchlm.finetune.task import EpochBatches, FinetuneTask, content_digest, eval_mode
+from scratchlm.finetune.task import (
+    RESULTS_FILE,
+    EpochBatches,
+    FinetuneTask,
+    content_digest,
+    eval_mode,
+)
 from scratchlm.inference.language_model import LanguageModel
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 from scratchlm.runs.checkpoint import file_sha256, latest_checkpoint, read_checkpoint_meta
@@ -60,7 +66,6 @@ from scratchlm.tokenizer import BPETokenizer
 
 LABELS_FILE = "labels.json"
 CONFUSION_PLOT = "confusion.png"
-RESULTS_FILE = "finetune.json"
 BACKBONE_PREFIX = "backbone."
 
 

@@ -56,7 +56,7 @@ from scratchlm.finetune.preferences import (
     pairs_from_replies,
     read_preferences,
 )
-from scratchlm.finetune.task import EpochBatches, FinetuneTask, content_digest
+from scratchlm.finetune.task import RESULTS_FILE, EpochBatches, FinetuneTask, content_digest
 from scratchlm.inference.config import Sampling
 from scratchlm.inference.language_model import LanguageModel
 from scratchlm.model import GPT
@@ -240,14 +240,14 @@ class DPOTask(FinetuneTask):
                 ],
             },
         }
-        atomic_write_text(run_dir / "finetune.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
         return [
             f"held-out preference accuracy: base {base_accuracy:.3f} -> tuned "
             f"{tuned['preference_accuracy']:.3f} ({len(self.val_pairs)} pairs; reward margin "
             f"{tuned['reward_margin']:+.3f})",
             f"{measure_name} of greedy replies to {len(data.measured_prompts)} held-out "
             f"prompts: base {before:.3f} -> tuned {after:.3f}",
-            f"results in {run_dir / 'finetune.json'}",
+            f"results in {run_dir / RESULTS_FILE}",
         ]
 
 

@@ -39,10 +39,11 @@ from scratchlm.finetune.conversations import (
     chat_format_for,
 )
 from scratchlm.finetune.sft_batches import SFTBatches
-from scratchlm.finetune.task import EpochBatches, FinetuneTask, content_digest
+from scratchlm.finetune.task import RESULTS_FILE, EpochBatches, FinetuneTask, content_digest
 from scratchlm.inference.language_model import LanguageModel
 from scratchlm.inference.text import continue_ids
 from scratchlm.model import GPT
+from scratchlm.train.step import model_loss
 from scratchlm.train.validation import evaluate_loss
 
 Conversation = list[dict[str, str]]
@@ -88,6 +89,8 @@ class SFTTask(FinetuneTask):
             ).epoch(0)
         ]
         self.model: GPT = base.model
+        # Next-token loss as pretraining computes it (the fused head), -1 targets masked.
+        self._train_loss = model_loss(self.model, run.train)
         # The model as chat sees it (the run's template and roles), weights training in place.
         self.chat_lm = LanguageModel(
             model=self.model,
@@ -107,12 +110,7 @@ class SFTTask(FinetuneTask):
         return chat_format_for(base.tokenizer, template, base.token_roles, train_on_all)
 
     def loss(self, *batch: Tensor) -> Tensor:
-        x, y = batch
-        if self.run.train.fused_loss:
-            return self.model.training_loss(x, y)
-        _, loss = self.model(x, y)
-        assert loss is not None
-        return loss
+        return self._train_loss(*batch)
 
     def _val_loss(self) -> float:
         batches = [(x.to(self.device), y.to(self.device)) for x, y in self.val_batches]
@@ -153,14 +151,14 @@ class SFTTask(FinetuneTask):
             "assistant_token_loss": {"base": self.base_val_loss, "tuned": val_loss},
             "replies": {"base": base.to_dict(), "tuned": tuned.to_dict()},
         }
-        atomic_write_text(run_dir / "finetune.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
         return [
             f"held-out assistant-token loss: base {self.base_val_loss:.4f} -> tuned {val_loss:.4f}",
             f"held-out replies ending with the end-of-turn token: base {base.describe_ended()}"
             f" -> tuned {tuned.describe_ended()}",
             f"held-out replies equal to the reference: base {base.describe_exact()} -> tuned "
             f"{tuned.describe_exact()}",
-            f"results in {run_dir / 'finetune.json'}",
+            f"results in {run_dir / RESULTS_FILE}",
         ]
 
 

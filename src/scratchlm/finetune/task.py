@@ -32,6 +32,8 @@ from scratchlm.finetune.config import FinetuneRun
 from scratchlm.inference.language_model import LanguageModel
 from scratchlm.train.step import Batch
 
+RESULTS_FILE = "finetune.json"  # a finished run's final measurements (finish)
+
 
 class FinetuneTask(ABC):
     """One fine-tuning task, built from the run's settings and its loaded base model."""

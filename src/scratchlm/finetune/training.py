@@ -15,6 +15,7 @@ the adapter alone in adapter/ (lora.json + lora.safetensors).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -58,7 +59,6 @@ from scratchlm.train.setup import TrainingContext, restore_checkpoint, restore_o
 ADAPTER_FOLDER = "adapter"
 LORA_PREFIX = "lora."  # the adapters' tensors in a checkpoint's state.safetensors
 TRAINED_PREFIX = "trained."  # ... and a LoRA run's other trained tensors (a classifier's head)
-RESULTS_FILE = "finetune.json"
 
 
 @dataclass
@@ -221,19 +221,13 @@ def _context(
         autocast=autocast_context(device, dtype),
         loss_fn=task.loss,
         eval_loss_fn=None,
-        no_sync=_no_sync,
+        no_sync=contextlib.nullcontext,  # one process: nothing to hold back
         resumed_from=resumed_from,
         validate=task.validate,
         checkpoint_weights=(lambda: merged_state_dict(model)) if lora else None,
         extra_states=(lambda: _adapter_states(model)) if lora else None,
         row_tokens=task.row_tokens,
     )
-
-
-def _no_sync() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _adapter_states(model: nn.Module) -> dict[str, Tensor]:
