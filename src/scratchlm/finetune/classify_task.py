@@ -82,6 +82,7 @@ class EncodedSplit:
 
 class ClassifyTask(FinetuneTask):
     name = "classify"
+    loss_label = "cross-entropy loss (nats / text)"
 
     def __init__(self, run: FinetuneRun, base: LanguageModel, device: torch.device) -> None:
         super().__init__(run, base, device)

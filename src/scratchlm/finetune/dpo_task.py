@@ -68,6 +68,8 @@ EXAMPLES = 4  # before/after replies kept in finetune.json
 
 
 class DPOTask(FinetuneTask):
+    # Validation is the DPO loss alone; training adds the NLL term when dpo.nll_weight > 0.
+    loss_label = "DPO loss (train: + nll_weight x chosen NLL)"
     name = "dpo"
 
     def __init__(self, run: FinetuneRun, base: LanguageModel, device: torch.device) -> None:

@@ -42,6 +42,7 @@ class FinetuneTask(ABC):
     model: nn.Module
     train_batches: EpochBatches
     row_tokens: int = 0  # positions of a batch row (0: the model's block_size)
+    loss_label: str = ""  # the loss's name on loss.png ("": cross-entropy per token)
 
     def __init__(self, run: FinetuneRun, base: LanguageModel, device: torch.device) -> None:
         self.run, self.base, self.device = run, base, device

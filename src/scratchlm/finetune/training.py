@@ -227,6 +227,7 @@ def _context(
         checkpoint_weights=(lambda: merged_state_dict(model)) if lora else None,
         extra_states=(lambda: _adapter_states(model)) if lora else None,
         row_tokens=task.row_tokens,
+        loss_label=task.loss_label,
     )
 
 

@@ -23,7 +23,7 @@ from scratchlm.model import GPT
 from scratchlm.runs.checkpoint import checkpoint_dir, save_checkpoint
 from scratchlm.train.distributed import broadcast_from_main
 from scratchlm.train.flops import flops_per_token, peak_flops, raise_peak
-from scratchlm.train.metrics import MetricsLog, plot_learning_rate, plot_loss
+from scratchlm.train.metrics import TOKEN_LOSS, MetricsLog, plot_learning_rate, plot_loss
 from scratchlm.train.setup import TrainingContext
 from scratchlm.train.sharding import gather_model_tensors, gather_optimizer_state
 from scratchlm.train.validation import evaluate_loss, perplexity
@@ -271,7 +271,8 @@ class Plots(TrainingHook):
     def on_end(self, ctx: TrainingContext) -> None:
         paths = ctx.paths
         if paths.metrics.is_file():
-            plot_loss(paths.metrics, paths.loss_plot, title=ctx.run.name)
+            label = ctx.loss_label or TOKEN_LOSS
+            plot_loss(paths.metrics, paths.loss_plot, title=ctx.run.name, loss_label=label)
             plot_learning_rate(paths.metrics, paths.lr_plot, title=ctx.run.name)
 
 

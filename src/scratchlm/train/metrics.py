@@ -75,8 +75,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_loss(metrics_path: Path, out_path: Path, title: str = "") -> Path:
-    """Train and validation loss against step, as a PNG."""
+TOKEN_LOSS = "cross-entropy loss (nats / token)"
+
+
+def plot_loss(
+    metrics_path: Path, out_path: Path, title: str = "", loss_label: str = TOKEN_LOSS
+) -> Path:
+    """Train and validation loss against step, as a PNG. loss_label names the loss (a
+    fine-tuning task's own); the title gives a perplexity only for the per-token one."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -91,9 +97,10 @@ def plot_loss(metrics_path: Path, out_path: Path, title: str = "") -> Path:
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", linewidth=1.5)
         best = min(v for _, v in val)
-        ax.set_title(f"{title}  best val loss {best:.3f} (perplexity {math.exp(best):.1f})")
+        shown = f" (perplexity {math.exp(best):.1f})" if loss_label == TOKEN_LOSS else ""
+        ax.set_title(f"{title}  best val loss {best:.3f}{shown}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss (nats / token)")
+    ax.set_ylabel(loss_label)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -133,6 +133,7 @@ class TrainingContext:
     # More tensors for a checkpoint's state.safetensors (a LoRA run's adapters).
     extra_states: Callable[[], dict[str, torch.Tensor]] | None = None
     row_tokens: int = 0  # positions of a batch row, for throughput (0: model.block_size)
+    loss_label: str = ""  # what loss.png calls the loss ("": cross-entropy per token)
 
     @property
     def config(self) -> TrainConfig:
