@@ -51,6 +51,11 @@ class KVCache:
     A batch of prompts of different lengths is left-padded to one length (`set_left_padding`):
     row b's first pad[b] slots hold padding that no query attends to, and its tokens get the
     positions slot - pad[b], so each row sees exactly the positions and keys it would alone.
+
+    Continuous batching needs rows that come and go: `independent_rows()` makes every row a
+    sequence of its own, `lengths[b]` slots long. A row is prefilled through `row(b)` (a view of
+    its slots, as if it were alone), and a decode step then gives every row one new token,
+    written at its own slot lengths[b] and placed at that position.
     """
 
     def __init__(
@@ -73,11 +78,66 @@ class KVCache:
         # (B, 1, 1, max_len) bool, True where a key slot is real (not padding): made once, so a
         # decode step's mask is a slice of it rather than a new tensor.
         self.key_valid: Tensor | None = None
+        # (B,) long: each row's own length, for rows that are independent sequences; None: the
+        # rows share `pos`.
+        self.lengths: Tensor | None = None
 
     def reset(self) -> None:
         # The stale entries need no clearing: attention only ever reads [0, pos).
         self.pos = 0
         self.pad = self.key_valid = None
+        if self.lengths is not None:
+            self.lengths.zero_()
+
+    def independent_rows(self) -> KVCache:
+        """Make each row a sequence of its own (all empty); returns self."""
+        self.reset()
+        self.lengths = torch.zeros(self.batch_size, dtype=torch.long, device=self.k[0].device)
+        return self
+
+    def row(self, b: int) -> KVCache:
+        """Row b's slots as a cache of one empty sequence: prefill through it, then
+        `lengths[b]` = the tokens written. Its tensors are views, so writes land here."""
+        view = KVCache.__new__(KVCache)
+        view.k = [k[b : b + 1] for k in self.k]
+        view.v = [v[b : b + 1] for v in self.v]
+        view.batch_size, view.max_len, view.pos = 1, self.max_len, 0
+        view.pad = view.key_valid = view.lengths = None
+        return view
+
+    def first_rows(self, n: int) -> KVCache:
+        """The first n rows, as a cache of independent rows that shares their storage (a decode
+        step over the rows in use only)."""
+        if self.lengths is None:
+            raise ValueError("first_rows needs a cache of independent rows (independent_rows())")
+        view = KVCache.__new__(KVCache)
+        view.k = [k[:n] for k in self.k]
+        view.v = [v[:n] for v in self.v]
+        view.batch_size, view.max_len, view.pos = n, self.max_len, 0
+        view.pad = view.key_valid = None
+        view.lengths = self.lengths[:n]
+        return view
+
+    def move_row(self, source: int, dest: int) -> None:
+        """Copy row `source` (its written slots and length) over row `dest`."""
+        if self.lengths is None:
+            raise ValueError("move_row needs a cache of independent rows (independent_rows())")
+        n = int(self.lengths[source])
+        for k, v in zip(self.k, self.v, strict=True):
+            k[dest, :, :n] = k[source, :, :n]
+            v[dest, :, :n] = v[source, :, :n]
+        self.lengths[dest] = n
+
+    def grow(self, max_len: int) -> None:
+        """Room for max_len slots per row, keeping what is written (a longer copy)."""
+        if max_len <= self.max_len:
+            return
+        for layer in (self.k, self.v):
+            for i, old in enumerate(layer):
+                new = old.new_zeros(*old.shape[:2], max_len, old.size(3))
+                new[:, :, : self.max_len] = old
+                layer[i] = new
+        self.max_len = max_len
 
     def set_left_padding(self, pad: list[int]) -> None:
         """Declare that row b starts with pad[b] padding slots (call before the prefill)."""
@@ -131,6 +191,18 @@ def padded_attention_mask(cache: KVCache, T: int, window: int) -> Tensor:
     return mask  # (B, 1, T, S)
 
 
+def independent_rows_mask(lengths: Tensor, S: int, window: int) -> Tensor:
+    """Which of S key slots each row's one new token sees, in a cache of independent rows:
+    (B, 1, 1, S) bool. Row b's new token sits at slot and position lengths[b]; it sees its
+    slots up to itself, and with a sliding window W only the W most recent."""
+    key_slot = torch.arange(S, device=lengths.device)  # (S,)
+    query = lengths[:, None]  # (B, 1)
+    mask = key_slot <= query  # (B, S)
+    if window:
+        mask &= key_slot > query - window
+    return mask[:, None, None, :]
+
+
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention of one new query per row, q (B, H, 1, D), over k, v (B, K, S, D) -> (B, H, 1, D).
 
@@ -175,13 +247,14 @@ class CausalSelfAttention(nn.Module):
         cos: Tensor | None,
         sin: Tensor | None,
         cache: tuple[Tensor, Tensor] | None,
-        pos: int,
+        pos: int | Tensor,
         mask: Tensor | None,
     ) -> Tensor:
         """x (B, T, C) -> (B, T, C). cos/sin (T, D/2), or (B, 1, T, D/2) with per-row positions,
         are this step's RoPE angles (None without RoPE); cache is this layer's (k, v) buffers
-        and pos the slots already in them; mask (T, S) or (B, 1, T, S), True = attend, or None
-        for plain causal attention."""
+        and pos the slots already in them, one int for all rows, or (B,) for independent rows
+        (one new token each, written at its row's slot pos[b]); mask (T, S) or (B, 1, T, S),
+        True = attend, or None for plain causal attention."""
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         # Split channels into H query, K key and K value heads, heads next to batch.
@@ -194,6 +267,15 @@ class CausalSelfAttention(nn.Module):
             qk = apply_rope(qk, cos, sin)  # one call rotates all H + K heads
         q, k = qk.split([H, K], dim=1)  # (B, H, T, D), (B, K, T, D)
 
+        if isinstance(pos, Tensor):
+            assert cache is not None and mask is not None and T == 1
+            rows = torch.arange(B, device=x.device)
+            cache[0][rows, :, pos] = k[:, :, 0]  # (B, K, D) into each row's own slot
+            cache[1][rows, :, pos] = v[:, :, 0]
+            S = mask.size(-1)
+            k, v = cache[0][:, :, :S].to(q.dtype), cache[1][:, :, :S].to(q.dtype)
+            y = decode_attention(q, k, v, mask)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, H * D))
         if cache is not None:
             cache_k, cache_v = cache
             cache_k[:, :, pos : pos + T] = k
@@ -294,7 +376,7 @@ class Block(nn.Module):
         cos: Tensor | None,
         sin: Tensor | None,
         cache: tuple[Tensor, Tensor] | None,
-        pos: int,
+        pos: int | Tensor,
         mask: Tensor | None = None,
     ) -> Tensor:
         x = x + self.attn(self.ln_1(x), cos, sin, cache, pos, mask)  # (B, T, C)
@@ -452,6 +534,8 @@ class GPT(nn.Module):
         """idx (B, T) -> the last block's output (B, T, C), before the final norm and the head.
         With kv_cache, as in forward; the cache advances by T."""
         B, T = idx.shape
+        if kv_cache is not None and kv_cache.lengths is not None:
+            return self._independent_rows_step(idx, kv_cache)
         pos = 0 if kv_cache is None else kv_cache.pos
         if T < 1:
             raise ValueError("forward needs at least one token")
@@ -511,6 +595,38 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, cache, pos, mask)  # (B, T, C)
         if kv_cache is not None:
             kv_cache.pos += T
+        return x
+
+    def _independent_rows_step(self, idx: Tensor, kv_cache: KVCache) -> Tensor:
+        """hidden_states for a cache of independent rows: idx (B, 1), row b's new token at its
+        own position lengths[b] -> (B, 1, C); every length advances by 1."""
+        B, T = idx.shape
+        lengths = kv_cache.lengths
+        assert lengths is not None
+        if T != 1 or kv_cache.batch_size != B:
+            raise ValueError(
+                f"a cache of independent rows takes one new token per row ({kv_cache.batch_size}"
+                f" rows), got {B} x {T}; prefill a row through cache.row(b)"
+            )
+        S = int(lengths.max()) + 1  # the slots any row attends over, its new one included
+        if min(kv_cache.max_len, self.config.block_size) < S:
+            raise ValueError(
+                f"a row would hold {S} tokens: more than the cache ({kv_cache.max_len}) or the "
+                f"context (block_size={self.config.block_size}) holds"
+            )
+        positions = lengths[:, None]  # (B, 1)
+        x = self.transformer["wte"](idx)  # (B, 1, C)
+        cos = sin = None
+        if self.config.pos_encoding == "learned":
+            x = x + cast(nn.Embedding, self.transformer["wpe"]).weight[positions]
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[positions].to(x.dtype)
+        else:
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+        mask = independent_rows_mask(lengths, S, self.config.sliding_window)  # (B, 1, 1, S)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, (kv_cache.k[i], kv_cache.v[i]), lengths, mask)  # (B, 1, C)
+        lengths += 1
         return x
 
     def forward(
