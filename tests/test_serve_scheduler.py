@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.continuous import RowSettings
 from scratchlm.inference.language_model import LanguageModel, load_for_inference
 from scratchlm.inference.text import continue_ids
@@ -195,3 +196,15 @@ def test_prompt_logprobs_equal_an_in_process_forward(random_lm: LanguageModel) -
         assert got is not None and got.logprob == pytest.approx(want, abs=1e-4)
         assert len(got.top) == 2 and got.top[0][1] >= got.top[1][1]
         assert got.top[0][1] >= got.logprob - 1e-6
+
+
+def test_a_job_the_engine_refuses_fails_alone(random_lm: LanguageModel) -> None:
+    async def go(scheduler: Scheduler) -> str:
+        bad = scheduler.submit(Job([999_999], RowSettings(max_new_tokens=2, temperature=0)))
+        with pytest.raises(ScratchLMError, match="outside the vocabulary"):
+            await collect(bad)
+        good = await collect(scheduler.submit(Job([65], RowSettings(3, temperature=0))))
+        assert scheduler.running == scheduler.waiting == 0
+        return good[-1].finish_reason or ""
+
+    assert run(go, random_lm) in ("stop", "length")

@@ -9,6 +9,7 @@
                     [--nproc N]   (or under torchrun, with --train.parallel ddp|fsdp|tp)
     scratchlm generate RUN_DIR|smollm2-135m-instruct --prompt "..."
     scratchlm chat RUN_DIR|smollm2-135m-instruct [--system TEXT] [--message TEXT ...]
+    scratchlm serve RUN_DIR|smollm2-135m-instruct [--port 8000] [--api-key KEY] [--max-batch 8]
     scratchlm eval RUN_DIR
     scratchlm plot RUN_DIR
     scratchlm report RUN_DIR
@@ -50,6 +51,7 @@ import scratchlm.cli.models as models_command
 import scratchlm.cli.plan as plan_command
 import scratchlm.cli.plot as plot_command
 import scratchlm.cli.report as report_command
+import scratchlm.cli.serve as serve_command
 import scratchlm.cli.tokenizer as tokenizer_command
 import scratchlm.cli.train as train_command
 from scratchlm.cli.parser import CommandParser
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         train_command,
         generate_command,
         chat_command,
+        serve_command,
         eval_command,
         finetune_command,
         classify_command,

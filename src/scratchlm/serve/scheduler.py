@@ -65,15 +65,19 @@ class JobStream:
     def __init__(self, scheduler: Scheduler, key: int) -> None:
         self._scheduler = scheduler
         self.key = key
-        self._updates: asyncio.Queue[Update] = asyncio.Queue()
+        # Updates, or the error that ended the job (raised to the reader).
+        self._updates: asyncio.Queue[Update | Exception] = asyncio.Queue()
         self.done = False
 
-    def _put(self, update: Update) -> None:  # in the event loop
+    def _put(self, update: Update | Exception) -> None:  # in the event loop
         self._updates.put_nowait(update)
 
     async def __aiter__(self) -> AsyncIterator[Update]:
         while not self.done:
             update = await self._updates.get()
+            if isinstance(update, Exception):
+                self.done = True
+                raise update
             if update.finish_reason is not None:
                 self.done = True
             yield update
@@ -187,7 +191,7 @@ class Scheduler:
         except BaseException as e:  # the model failed: end every open job rather than hang
             self.failure = e
             for state in texts.values():
-                self._push(state.stream, Update("", (), "stop"))
+                self._push(state.stream, RuntimeError(f"the model failed: {e!r}"))
             raise
 
     def _handle(
@@ -199,7 +203,12 @@ class Scheduler:
             if stream.done:  # cancelled before it got here
                 self._job_ended()
                 return
-            rid = self.batcher.add(job.prompt_ids, job.settings)
+            try:
+                rid = self.batcher.add(job.prompt_ids, job.settings)
+            except Exception as e:  # the HTTP layer checks first; this job alone fails
+                self._job_ended()
+                self._push(stream, e)
+                return
             rids[key] = rid
             texts[rid] = _Text(stream, StopStringMatcher(job.stop))
         elif kind == "cancel":
@@ -245,10 +254,10 @@ class Scheduler:
         with self._lock:
             self._open -= 1
 
-    def _push(self, stream: JobStream, update: Update) -> None:
+    def _push(self, stream: JobStream, update: Update | Exception) -> None:
         loop = self._loop
         assert loop is not None
-        put: Callable[[Update], None] = stream._put
+        put: Callable[[Update | Exception], None] = stream._put
         loop.call_soon_threadsafe(put, update)
 
     @torch.inference_mode()
