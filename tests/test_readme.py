@@ -6,6 +6,7 @@ recipe, on tiny settings), and every `scratchlm` command runs, in order, in a sc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from live_server import live_server
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -103,8 +106,31 @@ def test_python_examples_run(tmp_path: Path) -> None:
     # Each ```python block runs as written, in a fresh interpreter (the pretrained model it
     # names is fetched into the cache the first time, as the SmolLM2 tests do).
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    blocks = [b for b in blocks if "base_url=" not in b]  # a server's client: test_serve_...
     assert blocks, "the README shows the Python entry point"
     for block in blocks:
         result = run([sys.executable, "-c", block], cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout  # the chat example answers its question
+
+
+def test_serve_examples_run_against_the_server_they_start(tmp_path: Path) -> None:
+    # The README's `scratchlm serve` command, then its curl and `openai` client examples
+    # against it, on a free port instead of the one shown.
+    [serve] = re.findall(r"```console\n(scratchlm serve .*?)\n```", README)
+    [curl] = re.findall(r"```console\n(curl .*?)\n```", README)
+    [client] = [
+        b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "base_url=" in b
+    ]
+    words = shlex.split(serve)
+    port = words[words.index("--port") + 1]
+    del words[words.index("--port") : words.index("--port") + 2]
+    with live_server(words[2], *words[3:], timeout=180) as url:
+        here = url.rsplit(":", 1)[1]
+        reply = run(shlex.split(curl.replace(f":{port}/", f":{here}/")), tmp_path)
+        assert reply.returncode == 0, reply.stderr
+        answer = json.loads(reply.stdout)["choices"][0]["message"]["content"]
+        assert "Paris" in answer
+        streamed = run([sys.executable, "-c", client.replace(f":{port}/", f":{here}/")], tmp_path)
+        assert streamed.returncode == 0, streamed.stderr
+        assert streamed.stdout.strip() == answer  # greedy both times: the same reply
