@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -416,3 +417,48 @@ def test_a_request_given_up_before_its_reply_frees_its_row(url: str) -> None:
     assert wait_until(url, lambda health: health["running"] == 1)
     connection.close()
     assert wait_until(url, lambda health: health["running"] == health["waiting"] == 0)
+
+
+def test_eight_concurrent_streams_get_exactly_their_solo_replies(client: openai.OpenAI) -> None:
+    questions = [f"Question {i}: {'why ' * i}?" for i in range(8)]
+
+    def ask(question: str) -> tuple[str, float, float]:
+        """The streamed reply, and when its first and last pieces came."""
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=300,  # long enough that all 8 are open at once
+            temperature=0,
+            stream=True,
+        )
+        pieces, times = [], []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                times.append(time.monotonic())
+        return "".join(pieces), times[0], times[-1]
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    alone = [ask(q)[0] for q in questions]
+    assert [text for text, _, _ in together] == alone
+    assert len(set(alone)) >= 6  # replies that differ: a row that leaked would show
+    # They ran at once: every stream had begun before any had ended.
+    assert max(first for _, first, _ in together) < min(last for _, _, last in together)
+
+
+def test_a_request_arriving_mid_way_joins_without_waiting(client: openai.OpenAI) -> None:
+    long = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=LONG, temperature=0, stream=True
+    )
+    chunks = iter(long)
+    for _ in range(5):
+        next(chunks)  # the long reply is being decoded
+    short = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=5, temperature=0
+    )
+    assert short.usage is not None and short.usage.completion_tokens == 5
+    # Done while the long reply is far from done: it did not wait for a batch to drain.
+    more = next(chunks)
+    assert more.choices and more.choices[0].finish_reason is None
+    long.close()
