@@ -1,6 +1,6 @@
-"""The engine thread: one ContinuousBatcher stepping in its own thread, fed from asyncio.
+"""The engine loop: one ContinuousBatcher stepping in one thread, fed from asyncio.
 
-    scheduler = Scheduler(lm, max_batch=8, max_queue=64); scheduler.start()
+    scheduler = Scheduler(lm, max_batch=8, max_queue=64); scheduler.start()  # or .run()
     stream = scheduler.submit(Job(prompt_ids, RowSettings(max_new_tokens=64)))  # in the loop
     async for update in stream:   # Update(text, tokens, finish_reason)
         ...
@@ -8,7 +8,10 @@
 
 The model runs in one thread only, between steps taking commands (add, cancel, score) from a
 thread-safe inbox, so the event loop never waits on the model and requests arriving while
-others decode join at the next step. Text is made here, per row: the incremental UTF-8 decoder
+others decode join at the next step. `scratchlm serve` runs the loop in the main thread
+(`run()`) and the HTTP server beside it: PyTorch's small CPU matmuls ran 2-3x slower in a
+second thread than in the main one (OpenMP's worker threads of both then outnumber the cores,
+and libgomp stops spinning between parallel regions), which halved a decode step's speed. Text is made here, per row: the incremental UTF-8 decoder
 holds back the bytes of an unfinished character, and the stop-string matcher holds back what
 could still become a stop string, so every Update's text is final, streamed or not.
 """
@@ -128,12 +131,14 @@ class Scheduler:
         return max(0, self._open - self._running)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="scratchlm-engine", daemon=True)
+        """Run the engine loop in a thread of its own (tests, and Python programs)."""
+        self._thread = threading.Thread(target=self.run, name="scratchlm-engine", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        """End the engine loop (from any thread); waits for a thread start() made."""
+        self._send(("close",))
         if self._thread is not None:
-            self._send(("close",))
             self._thread.join(timeout=30)
             self._thread = None
 
@@ -168,7 +173,8 @@ class Scheduler:
 
     # --- the engine thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The engine loop, in the calling thread, until close()."""
         texts: dict[int, _Text] = {}  # batcher rid -> the job's text state
         rids: dict[int, int] = {}  # job key -> batcher rid
         try:

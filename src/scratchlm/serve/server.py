@@ -1,4 +1,8 @@
-"""Run `scratchlm serve`: load the model, start the engine thread, listen with uvicorn.
+"""Run `scratchlm serve`: load the model, listen with uvicorn in a thread, run the engine.
+
+The model runs in the main thread (Scheduler.run; why: serve/scheduler.py) and uvicorn's event
+loop in a second one; the signal handlers, which only the main thread gets, tell uvicorn to
+stop, and when it has, the engine loop ends.
 
 The port is taken before the model is loaded, so a port in use is reported at once (one line,
 exit status 2). Once listening, standard output gets exactly one line, the URL, which scripts
@@ -30,6 +34,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.messages import status, warn
+from scratchlm.serve.scheduler import Scheduler
 
 # How long uvicorn lets responses finish after Ctrl-C / SIGTERM; replies being generated are
 # ended at once (AnnouncingServer.shutdown), so this is for the rest.
@@ -52,7 +57,6 @@ def serve(
     """Serve `source` (a run folder, or a pretrained model's name) until stopped."""
     from scratchlm.inference.language_model import load_for_inference
     from scratchlm.serve.app import create_app
-    from scratchlm.serve.scheduler import Scheduler
 
     check_settings(port, api_key, max_batch, max_queue, max_n)
     if not is_loopback(host):
@@ -66,14 +70,10 @@ def serve(
         status(f"loading {name}...")
         lm = load_for_inference(source, checkpoint, device, dtype, quantize)
         scheduler = Scheduler(lm, max_batch=max_batch, max_queue=max_queue)
-        scheduler.start()
-        try:
-            app = create_app(lm, scheduler, name, api_key=api_key, max_n=max_n)
-            url = base_url(host, listener.getsockname()[1])
-            line = f"Serving {name} at {url} (OpenAI API: {url}/v1, chat page: {url}/)"
-            run_uvicorn(app, listener, line)
-        finally:
-            scheduler.close()
+        app = create_app(lm, scheduler, name, api_key=api_key, max_n=max_n)
+        url = base_url(host, listener.getsockname()[1])
+        line = f"Serving {name} at {url} (OpenAI API: {url}/v1, chat page: {url}/)"
+        run_beside_uvicorn(scheduler, app, listener, line)
     finally:
         listener.close()
 
@@ -157,7 +157,11 @@ class AnnouncingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def run_uvicorn(app: FastAPI, listener: socket.socket, line: str) -> None:
+def run_beside_uvicorn(
+    scheduler: Scheduler, app: FastAPI, listener: socket.socket, line: str
+) -> None:
+    """uvicorn in a thread, the engine loop here, until SIGTERM (returns) or Ctrl-C (raises
+    KeyboardInterrupt once both have stopped: exit status 130)."""
     config = uvicorn.Config(
         app,
         log_config=log_config(),
@@ -167,17 +171,36 @@ def run_uvicorn(app: FastAPI, listener: socket.socket, line: str) -> None:
     )
     # Requests are logged (on standard error); uvicorn's start-up chatter is not.
     logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    # uvicorn re-sends the SIGTERM that stopped it once it has shut down; by then this one
-    # lets serve() return, so the engine is closed and the exit status is 0.
     server = AnnouncingServer(config, line, app.state.stopping)
-    if threading.current_thread() is not threading.main_thread():
-        server.run(sockets=[listener])  # signals are the caller's business
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    received: list[int] = []
+
+    def stop(signum: int, _: object) -> None:
+        # The first signal asks for a graceful stop, a second one for an immediate one.
+        if received:
+            server.force_exit = True
+        received.append(signum)
+        server.should_exit = True
+
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[listener])  # in a thread: uvicorn leaves signals alone
+        finally:
+            scheduler.close()  # the engine loop below ends
+
+    in_main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    http = threading.Thread(target=serve_http, name="scratchlm-http")
+    http.start()
     try:
-        server.run(sockets=[listener])
+        scheduler.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True  # if the engine failed: stop serving too
+        http.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGINT in received:
+        raise KeyboardInterrupt
 
 
 def log_config() -> dict[str, Any]:
