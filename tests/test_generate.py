@@ -355,3 +355,19 @@ def test_bad_batch_arguments(kwargs: dict[str, object], message: str) -> None:
         generate_batch(model, [], 3)
     with pytest.raises(ScratchLMError, match="empty"):
         generate_batch(model, [PROMPT, []], 3)
+
+
+def test_draw_samples_the_distribution_and_never_a_zero() -> None:
+    from scratchlm.inference.sampling import draw
+
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([draw(probs, g) for _ in range(20_000)]), minlength=5)
+    assert counts[1] == counts[4] == 0
+    # Within 4 standard deviations of the expected counts (binomial: sqrt(n p (1 - p)) <= 71).
+    assert torch.allclose(counts.float() / 20_000, probs, atol=4 * 71 / 20_000)
+    # Unnormalised weights work the same, and one seed gives one sequence.
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [int(draw(probs * 7, g1)) for _ in range(50)] == [
+        int(draw(probs, g2)) for _ in range(50)
+    ]

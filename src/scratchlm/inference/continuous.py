@@ -32,7 +32,7 @@ from torch import Tensor
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.config import check_sampling_args
-from scratchlm.inference.sampling import apply_repetition_penalty, filtered_probs
+from scratchlm.inference.sampling import apply_repetition_penalty, draw, filtered_probs
 from scratchlm.model import GPT
 
 FinishReason = Literal["stop", "length"]
@@ -222,8 +222,7 @@ class ContinuousBatcher:
                 continue
             probs = filtered_probs(logits[index], temperature, top_k, top_p)
             for j, b in enumerate(members):
-                pick = torch.multinomial(probs[j], num_samples=1, generator=rows[b].generator)
-                ids[b] = int(pick)
+                ids[b] = int(draw(probs[j], rows[b].generator))
         chosen = logprobs.gather(1, torch.tensor(ids, device=self.device)[:, None])[:, 0].tolist()
         most = max(row.settings.top_logprobs for row in rows)
         best = logprobs.topk(most, dim=-1) if most else None
