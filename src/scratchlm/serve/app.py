@@ -220,7 +220,8 @@ class Routes:
         if choices is None:
             return Response(status_code=499)  # nobody is listening
         return JSONResponse(
-            api.chat_completion(
+            api.reply_object(
+                "chat.completion",
                 reply.id,
                 reply.created,
                 reply.model,
@@ -250,7 +251,15 @@ class Routes:
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
             return sse(
-                api.chat_chunk(reply.id, reply.created, reply.model, choices, usage, with_usage)
+                api.reply_object(
+                    "chat.completion.chunk",
+                    reply.id,
+                    reply.created,
+                    reply.model,
+                    choices,
+                    usage,
+                    with_usage,
+                )
             )
 
         for i in range(run.count):
@@ -313,7 +322,8 @@ class Routes:
         if not max_tokens:  # echo alone: the prompts scored, nothing generated
             choices = [Choice(i, finish_reason="length") for i in range(len(prompts) * n)]
         return JSONResponse(
-            api.text_completion(
+            api.reply_object(
+                "text_completion",
                 reply.id,
                 reply.created,
                 reply.model,
@@ -333,8 +343,8 @@ class Routes:
         with_usage = req.include_usage
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-            reply_chunk = api.text_completion(
-                reply.id, reply.created, reply.model, choices, usage, with_usage
+            reply_chunk = api.reply_object(
+                "text_completion", reply.id, reply.created, reply.model, choices, usage, with_usage
             )
             return sse(reply_chunk)
 

@@ -321,19 +321,6 @@ class TokenStrings:
         }
 
 
-def chat_completion(
-    id: str, created: int, model: str, choices: Sequence[dict[str, Any]], usage: dict[str, int]
-) -> dict[str, Any]:
-    return {
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": list(choices),
-        "usage": usage,
-    }
-
-
 def chat_choice(
     index: int, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -345,28 +332,6 @@ def chat_choice(
     }
 
 
-def chat_chunk(
-    id: str,
-    created: int,
-    model: str,
-    choices: Sequence[dict[str, Any]],
-    usage: dict[str, int] | None = None,
-    with_usage: bool = False,
-) -> dict[str, Any]:
-    """One streamed chat.completion.chunk. with_usage (stream_options.include_usage): every
-    chunk has a usage field, null but on the last, whose choices are empty."""
-    chunk: dict[str, Any] = {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": list(choices),
-    }
-    if with_usage:
-        chunk["usage"] = usage
-    return chunk
-
-
 def chat_delta(
     index: int,
     delta: dict[str, str],
@@ -376,7 +341,11 @@ def chat_delta(
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def text_completion(
+ReplyKind = Literal["chat.completion", "chat.completion.chunk", "text_completion"]
+
+
+def reply_object(
+    kind: ReplyKind,
     id: str,
     created: int,
     model: str,
@@ -384,11 +353,12 @@ def text_completion(
     usage: dict[str, int] | None = None,
     with_usage: bool = True,
 ) -> dict[str, Any]:
-    """A /v1/completions reply, or (with_usage=False, or usage None) one of its stream chunks:
-    OpenAI gives both the object "text_completion"."""
+    """OpenAI's envelope of a reply or of one stream chunk (the completions API calls its
+    chunks "text_completion" too). with_usage: a usage field, which in a stream with
+    stream_options.include_usage is null but on the last chunk (whose choices are empty)."""
     reply: dict[str, Any] = {
         "id": id,
-        "object": "text_completion",
+        "object": kind,
         "created": created,
         "model": model,
         "choices": list(choices),
