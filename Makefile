@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo chat test test-slow lint typecheck clean venv browser
+.PHONY: demo chat test test-slow lint typecheck clean venv browser pdf-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/scratchlm train --config configs/demo.toml --overwrite
+	$(BIN)/scratchlm book runs/demo --overwrite
 
 # configs/chat.toml: pretrain a small model with ChatML's turn markers, then SFT it into a
 # chatbot (about 20 minutes on 2 cores); talk to it with `scratchlm chat runs/chat`.
@@ -34,7 +35,16 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "make browser: install Debian's chromium (apt-get install chromium) for the report's browser test"; fi; }
 
-test: $(STAMP) browser
+# Debian's poppler-utils (pdftoppm, pdfinfo), with which tests/test_book.py renders the book's
+# pages: installed with apt as root, else one line says what to install.
+pdf-tools:
+	@command -v pdftoppm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils; \
+	  else echo "make pdf-tools: install Debian's poppler-utils (apt-get install poppler-utils) for the book's page test"; fi; }
+
+test: $(STAMP) browser pdf-tools
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

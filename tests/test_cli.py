@@ -248,7 +248,7 @@ def test_help(command: str, tmp_path: Path, cli: Cli) -> None:
 
 
 def test_field_comments_are_read_from_the_settings_source() -> None:
-    from scratchlm.cli.options import field_comments
+    from scratchlm.core.config_files import field_comments
     from scratchlm.data.config import CleaningConfig
 
     comments = field_comments(CleaningConfig)

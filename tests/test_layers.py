@@ -7,7 +7,8 @@ Layers, lowest first (docs/architecture.md draws them):
     runs                         run directories: layout, checkpoints, loading, import/export
     train | inference            the loop, and the decoding engine; neither imports the other
     config                       a run's whole config, composed of every stage's section
-    eval                         evaluation of runs (and, to come: finetune, serve, book)
+    eval | finetune | serve      the stages that use whole runs, never each other
+    book                         the book of a run: it documents every stage below it
     cli                          the `scratchlm` command (__main__ above it runs it)
 
 Every import counts, also one inside a function (a lazy import is still a dependency).
@@ -28,7 +29,8 @@ LAYERS: list[set[str]] = [
     {"runs"},
     {"train", "inference"},
     {"config"},
-    {"eval", "finetune", "serve", "book"},
+    {"eval", "finetune", "serve"},
+    {"book"},
     {"cli"},
     {"__main__"},
 ]

@@ -13,6 +13,7 @@
     scratchlm eval RUN_DIR
     scratchlm plot RUN_DIR
     scratchlm report RUN_DIR
+    scratchlm book [RUN_DIR] [--out book.pdf]
     scratchlm plan --model gpt2-1558m --gpus 8 --nodes 4 --parallel fsdp --micro-batch 4 ...
     scratchlm export RUN_DIR --format hf --out DIR | --format gguf --out FILE [--dtype f16]
     scratchlm import hf DIR --out RUN_DIR | gguf FILE --out RUN_DIR
@@ -41,6 +42,7 @@ import time
 from collections.abc import Sequence
 
 # Each command's module (imported as modules, not from the package, which imports this one).
+import scratchlm.cli.book as book_command
 import scratchlm.cli.chat as chat_command
 import scratchlm.cli.classify as classify_command
 import scratchlm.cli.data as data_command
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         generate_command,
         chat_command,
         serve_command,
+        book_command,
         eval_command,
         finetune_command,
         classify_command,
@@ -193,4 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         plan_command,
     ):
         module.register(commands)
+    # The book's command reference reads the whole parser (cli/book.py), without importing
+    # this module back.
+    parser.set_defaults(root_parser=parser)
     return parser

@@ -8,8 +8,14 @@ command-line string into the field's type; every mistake is one ScratchLMError n
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import tomllib
 import types
 import typing
@@ -127,3 +133,37 @@ def check_type(value: Any, kind: Any, what: str) -> Any:
     raise TypeError(
         f"unsupported config field type {kind!r}"
     )  # a bug in a config class, not the user's
+
+
+@functools.cache
+def field_comments(settings: type) -> dict[str, str]:
+    """Each field's comment in the source of the dataclass (and of the dataclasses it extends):
+    the comment lines just above the field and the comment at the end of its line. The
+    settings classes document their keys there, so `--help` says what the recipe file says."""
+    comments: dict[str, str] = {}
+    for cls in reversed(settings.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError):  # no source (a frozen app): help without comments
+            continue
+        by_line: dict[int, tuple[str, bool]] = {}  # line -> (comment, alone on its line)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                alone = not token.line[: token.start[1]].strip()
+                by_line[token.start[0]] = (token.string.lstrip("#").strip(), alone)
+        body = ast.parse(source).body[0]
+        assert isinstance(body, ast.ClassDef)
+        for node in body.body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            above: list[str] = []
+            line = node.lineno - 1
+            while line in by_line and by_line[line][1]:
+                above.insert(0, by_line[line][0])
+                line -= 1
+            trailing = by_line.get(node.end_lineno or node.lineno, ("", True))
+            parts = [*above, *([trailing[0]] if not trailing[1] else [])]
+            comments[node.target.id] = " ".join(p for p in parts if p)
+    return comments
