@@ -208,8 +208,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
 
     Two small matmuls and a softmax. Same result as SDPA, but SDPA's CPU kernel has a large
     fixed cost per call that dominates a single query (most of a decode step's attention time
-    in SmolLM2, benchmarks/inference.py), so decoding does this itself. The H query heads are grouped by the key/value head they share
-    (GQA), which reads each cached head once instead of repeating it H/K times.
+    in SmolLM2, benchmarks/inference.py), so decoding does this itself. The H query heads are
+    grouped by the key/value head they share (GQA), which reads each cached head once instead
+    of repeating it H/K times.
     """
     B, H, _, D = q.shape
     K, S = k.size(1), k.size(2)

@@ -66,7 +66,7 @@ def section_table(name: str, settings: Any, skip: set[str] = set()) -> str:  # n
         rows.append([f.name, type_name(hints[f.name]), shown(value), comments.get(f.name, "")])
     return f"=== {tm.text('[' + name + ']')}\n" + tm.table(
         ["key", "type", "default", "what it is"], rows, align="left, left, left, left"
-    ).replace("#table(columns: 4,", "#table(columns: (auto, auto, auto, 1fr),", 1)
+    ).replace("#table(columns: 4,", "#table(columns: (auto, 1fr, 1fr, 2fr),", 1)
 
 
 def type_name(kind: Any) -> str:
