@@ -180,5 +180,3 @@ def _help(kind: Any, default: Any, has_alias: bool, comment: str) -> str:
     if kind is bool:
         return f"{lead}true or false, default {str(default).lower()}".replace("%", "%%")
     return f"{lead}default {default}".replace("%", "%%")
-
-
