@@ -4,9 +4,11 @@ command's mistakes are one line. (Each chapter's own numbers: tests/test_book_*.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ def require(tool: str) -> str:
     found = shutil.which(tool)
     if found is None:
         message = f"Debian's poppler-utils is not installed ({tool}): run `make pdf-tools` as root"
-        if "CI" in __import__("os").environ:
+        if "CI" in os.environ:
             pytest.fail(message)
         pytest.skip(message)
     return found
@@ -141,3 +143,22 @@ def test_the_command_refuses_mistakes_in_one_line_and_keeps_what_is_there(
     not_a_run = book(str(tmp_path), "--out", str(tmp_path / "c.pdf"))
     assert not_a_run.returncode == 2 and not_a_run.stderr.startswith("error:")
     assert "Traceback" not in not_a_run.stderr and not (tmp_path / "c.pdf").exists()
+
+
+@pytest.mark.slow
+def test_without_a_run_the_book_trains_one_in_under_a_minute(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(SCRATCHLM), "book", "--out", str(tmp_path / "book.pdf")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "SCRATCHLM_CACHE": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "training a tiny one" in done.stderr
+    text = pdf_text(tmp_path / "book.pdf")
+    assert "a tiny run the book trained for itself" in text.split("\f")[0]
+    # The training and the book, on 2 cores (the issue: the tiny run in under a minute).
+    assert time.monotonic() - started < 120

@@ -82,6 +82,16 @@ def test_make_demo_recipe_runs_on_tiny_settings(workdir: Path) -> None:
     assert "--- sample 1 ---" in result.stdout
     for name in ("config.toml", "tokenizer.json", "metrics.jsonl", "loss.png", "samples.txt"):
         assert (workdir / "runs" / "demo" / name).is_file(), name
+    # The demo ends by writing the book of its run.
+    line = next(ln for ln in recipe.splitlines() if "scratchlm book" in ln)
+    words = shlex.split(line)
+    words = words[words.index(next(w for w in words if w.endswith("scratchlm"))) :]
+    result = run(scratchlm(["scratchlm", *words[1:]]), workdir)
+    assert result.returncode == 0, result.stderr
+    book = workdir / "runs" / "demo" / "book.pdf"
+    assert (
+        book.read_bytes()[:5] == b"%PDF-" and f"wrote {book.relative_to(workdir)}" in result.stdout
+    )
 
 
 def test_cli_tour_runs_as_written(workdir: Path) -> None:
