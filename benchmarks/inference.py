@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_description
 
 from scratchlm.inference.dtype import cast_for_inference, resolve_inference_dtype
 from scratchlm.inference.generate import generate_batch
@@ -251,7 +252,9 @@ def main() -> None:
         "/ weight bytes read per decode step"
     )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        # The machine and date travel with the numbers (the book prints them beside them).
+        record = {"machine": cpu_description(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+        args.json.write_text(json.dumps({**record, **results}, indent=2))
 
 
 if __name__ == "__main__":

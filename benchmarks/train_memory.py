@@ -132,7 +132,9 @@ def main() -> None:
     print(f"load average at the end {load_average()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            # The machine and date travel with the numbers (the book prints them beside them).
+            record = {"machine": cpu_description(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+            json.dump({**record, "args": vars(args), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

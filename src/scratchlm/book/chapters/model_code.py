@@ -372,7 +372,10 @@ def is_inference(data: dict[str, Any]) -> bool:
 
 
 def provenance(path: Path, data: dict[str, Any]) -> str:
-    written = time.strftime("%Y-%m-%d", time.localtime(path.stat().st_mtime))
+    # The date the benchmark wrote into its file, else the file's own.
+    written = str(
+        data.get("date") or time.strftime("%Y-%m-%d", time.localtime(path.stat().st_mtime))
+    )
     machine = data.get("machine")
     where = f", on {machine}" if machine else ""
     return f"{tm.inline_code(path.name)} (written {tm.text(written)}{tm.text(where)})"
