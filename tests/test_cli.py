@@ -733,9 +733,21 @@ def test_overlong_prompt_is_cropped(trained: tuple[Path, Result], cli: Cli) -> N
     command = "generate runs/tiny --max-new-tokens 5 --temperature 0 --prompt"
     result = ok(cli(command, "word " * 100, cwd=trained[0].parents[1]))
     assert "--- sample 1 ---" in result.stdout
-    notes = result.stderr.splitlines()
-    assert len(notes) == 1 and notes[0].startswith("note: "), result.stderr
-    assert "cropped" in notes[0] and "last 31 tokens" in notes[0]
+    lines = result.stderr.splitlines()
+    # First which dtype it decodes in (a float32 model on a CPU: float32), then the note.
+    assert lines[0] == "decoding in float32" and len(lines) == 2, result.stderr
+    assert lines[1].startswith("note: ") and "cropped" in lines[1] and "last 31 tokens" in lines[1]
+
+
+def test_generate_says_bfloat16_by_auto_may_differ_from_float32() -> None:
+    from scratchlm.cli.generate import decoding_line
+
+    assert decoding_line("torch.float32", "auto", None) == "decoding in float32"
+    auto_bf16 = decoding_line("torch.bfloat16", "auto", None)
+    assert auto_bf16.startswith("decoding in bfloat16: --dtype auto") and "float32" in auto_bf16
+    assert (
+        decoding_line("torch.bfloat16", "bfloat16", "int4") == "decoding in bfloat16 (int4 weights)"
+    )
 
 
 def test_eval(trained: tuple[Path, Result], cli: Cli) -> None:

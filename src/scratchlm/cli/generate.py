@@ -14,6 +14,7 @@ from typing import Any
 from scratchlm.cli.options import add_section_options, section_from_args
 from scratchlm.cli.weights_options import add_weights_options
 from scratchlm.core.errors import ScratchLMError
+from scratchlm.core.messages import status
 from scratchlm.inference.config import SampleConfig
 
 SAMPLE_ALIASES = {
@@ -99,6 +100,8 @@ def _print_samples(
     from scratchlm.inference.language_model import load_for_inference
 
     lm = load_for_inference(source, checkpoint, device, dtype, quantize)
+    if args is not None:  # `scratchlm generate` (train's own samples need no such line)
+        status(decoding_line(lm.model.lm_head.weight.dtype, dtype, quantize))
     settings = lm.defaults if args is None else section_from_args(args, "sample", lm.defaults)
     if "" in settings.prompts:
         raise ScratchLMError("--prompt is empty; give some text to continue")
@@ -134,3 +137,16 @@ def _print_samples(
         written.append(f"--- sample {i + 1} ---\n{text}{completion.text}\n")
     if out_file is not None:
         atomic_write_text(out_file, "\n".join(written))
+
+
+def decoding_line(weights: Any, asked: str, quantize: str | None) -> str:
+    """The first line `generate` prints: which dtype it decodes in, and for bfloat16 chosen by
+    --dtype auto, that its greedy text may differ from float32 references."""
+    name = str(weights).removeprefix("torch.")
+    line = f"decoding in {name}" + (f" ({quantize} weights)" if quantize else "")
+    if name == "bfloat16" and asked == "auto":
+        line += (
+            ": --dtype auto picks it on this hardware (native bf16); its text can differ "
+            "from float32's after some tokens: --dtype float32 to compare with a reference"
+        )
+    return line

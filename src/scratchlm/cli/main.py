@@ -197,6 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         module.register(commands)
     # The book's command reference reads the whole parser (cli/book.py), without importing
-    # this module back.
-    parser.set_defaults(root_parser=parser)
+    # this module back; only the book's own options carry it.
+    commands.choices["book"].set_defaults(root_parser=parser)
     return parser
