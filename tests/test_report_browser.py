@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
 from scratchlm.cli.generate import print_samples
 from scratchlm.eval.records import EvaluationRecord, record_evaluation
@@ -62,20 +62,6 @@ def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"wrote {run / 'report.md'} and {run / 'report.html'}"
     return run / "report.html"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        message = "Debian's chromium is not installed: run `make browser` as root"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must run the browser tests, not skip them)")
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable)
-        yield browser
-        browser.close()
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect
 
 from live_server import live_server
 from test_chat import BABBLES, save_chat_run
@@ -70,20 +70,6 @@ def server(runs: Path) -> Iterator[str]:
 def keyed_server(runs: Path) -> Iterator[str]:
     with live_server(runs / "babbler", "--api-key", API_KEY) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        message = "Debian's chromium is not installed: run `make browser` as root"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must run the browser tests, not skip them)")
-        pytest.skip(message)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable)
-        yield browser
-        browser.close()
 
 
 def model_id(url: str, key: str | None = None) -> str:
