@@ -13,7 +13,6 @@ from scratchlm.core.user_paths import check_output
 
 MODEL_EXPORT_FORMATS = ("hf", "gguf", "peft")
 MODEL_IMPORT_FORMATS = ("hf", "gguf")
-HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
 def register(commands: Any) -> None:
@@ -71,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"({model.num_parameters():,} parameters)"
         )
         return
-    from scratchlm.model.hf_format import hf_architecture
+    from scratchlm.model.hf_format import HF_CLASSES, hf_architecture
     from scratchlm.runs.hf import export_hf_run
 
     model = export_hf_run(args.run_dir, args.out, args.checkpoint, args.overwrite)

@@ -86,6 +86,11 @@ def export_peft_adapter(
     if config is None:
         raise ScratchLMError("this model has no LoRA adapters to export; apply_lora(model) first")
     arch = hf_architecture(model.config)  # a ScratchLMError for a model with no HF equivalent
+    if arch not in _BLOCK_PREFIX:
+        raise ScratchLMError(
+            f"a PEFT adapter is written for GPT-2- and Llama-shaped models so far, and this one "
+            f"exports as {arch}; `scratchlm export RUN --format hf` writes its merged weights"
+        )
     modules = _peft_modules(model, arch)
     tensors: dict[str, Tensor] = {}
     rank_pattern: dict[str, int] = {}

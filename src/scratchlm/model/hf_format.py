@@ -1,8 +1,10 @@
-"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2 or Llama checkpoint.
+"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2, Llama, Qwen3 or GPT-NeoX
+checkpoint.
 
 A Hugging Face model folder holds config.json (the architecture and its shape) and
 model.safetensors (the weights, under transformers' names), or shards of it listed in
-model.safetensors.index.json. Two architectures map onto our GPT:
+model.safetensors.index.json. Four architectures map onto our GPT; GPT-2 and Llama here, the
+other two in modules of their own:
 
     GPT2LMHeadModel   learned positions, LayerNorm with biases, GELU MLP, multi-head attention.
                       Same tensor names as ours; its Conv1D layers store weights as (in, out),
@@ -10,6 +12,12 @@ model.safetensors.index.json. Two architectures map onto our GPT:
     LlamaForCausalLM  RoPE (rotate-half, the layout of our apply_rope), RMSNorm, SwiGLU,
                       grouped-query attention. Separate q/k/v and gate/up matrices, which we
                       fuse: c_attn = [q; k; v] (C + 2·K·D rows), c_fc = [gate; up].
+    Qwen3ForCausalLM  Llama with QK-norm (hf_qwen3.py).
+    GPTNeoXForCausalLM  RoPE with LayerNorm and GELU (hf_neox.py), the demo recipe's shape.
+
+An export takes the first of them that computes exactly what the model does (hf_architecture);
+a model no architecture fits (ReLU², logit soft-capping, sliding windows) gets one line naming
+the options and the closest architecture.
 
 The public functions the GGUF reader (gguf_format.py) builds on: `llama_config_to_model_config`
 (a config.json dict -> ModelConfig) and `gpt_from_hf_state_dict` (HF-named tensors -> GPT).
@@ -36,7 +44,21 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 
-Architecture = Literal["gpt2", "llama"]
+Architecture = Literal["gpt2", "llama", "qwen3", "gpt_neox"]
+
+# transformers' class of each architecture, and the name the messages use.
+HF_CLASSES: dict[Architecture, str] = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+}
+_NAMES: dict[Architecture, str] = {
+    "gpt2": "GPT-2",
+    "llama": "Llama",
+    "qwen3": "Qwen3",
+    "gpt_neox": "GPT-NeoX",
+}
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -50,37 +72,81 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 
 def hf_architecture(config: ModelConfig) -> Architecture:
-    """ "gpt2" or "llama": the transformers class that computes exactly what `config` does;
-    a ScratchLMError naming the options that fit neither."""
+    """The transformers architecture that computes exactly what `config` does: the first that
+    fits of gpt2, llama, qwen3, gpt_neox; a one-line ScratchLMError (hf_export_problem) when
+    none does."""
+    needs = _needed_changes(config)
+    for arch, changes in needs.items():
+        if not changes:
+            return arch
+    raise ScratchLMError(_problem(needs))
+
+
+def hf_export_problem(config: ModelConfig) -> str | None:
+    """Why `config` cannot be exported to Hugging Face (and GGUF), in one line, or None when it
+    can: what training warns about before it starts."""
+    needs = _needed_changes(config)
+    return None if any(not changes for changes in needs.values()) else _problem(needs)
+
+
+def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any, Any]]]:
+    """Per architecture, {option: (the config's value, the value that architecture needs)}."""
+    # Qwen3 and GPT-NeoX live in modules of their own that build on this one's helpers, so
+    # they are imported where used (here and below), not at the top.
+    from scratchlm.model import hf_neox, hf_qwen3
+
     common = {
-        "qk_norm": (config.qk_norm, False),
         "sliding_window": (config.sliding_window, 0),
         "logit_softcap": (config.logit_softcap, 0.0),
     }
     gpt2 = {
-        **common,
         "pos_encoding": (config.pos_encoding, "learned"),
         "norm": (config.norm, "layernorm"),
         "mlp": (config.mlp, "gelu"),
+        "qk_norm": (config.qk_norm, False),
         "bias": (config.bias, True),
         "n_kv_head": (config.kv_heads, config.n_head),
+        **common,
     }
     llama = {
-        **common,
         "pos_encoding": (config.pos_encoding, "rope"),
         "norm": (config.norm, "rmsnorm"),
         "mlp": (config.mlp, "swiglu"),
+        "qk_norm": (config.qk_norm, False),
+        **common,
     }
-    mismatches = {}
-    for name, wanted in (("gpt2", gpt2), ("llama", llama)):
-        wrong = [f"{key} = {have!r}" for key, (have, want) in wanted.items() if have != want]
-        if not wrong:
-            return name  # type: ignore[return-value]
-        mismatches[name] = wrong
-    raise ScratchLMError(
-        "this model has no Hugging Face equivalent: for GPT-2 it would need to change "
-        f"{', '.join(mismatches['gpt2'])}; for Llama {', '.join(mismatches['llama'])}"
-    )
+    return {
+        "gpt2": gpt2,
+        "llama": llama,
+        "qwen3": hf_qwen3.qwen3_requirements(config),
+        "gpt_neox": hf_neox.neox_requirements(config),
+    }
+
+
+def _needed_changes(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any, Any]]]:
+    """Per architecture (in order of preference), the options it would need changed."""
+    return {
+        arch: {key: (have, want) for key, (have, want) in wanted.items() if have != want}
+        for arch, wanted in _requirements(config).items()
+    }
+
+
+def _problem(needs: dict[Architecture, dict[str, tuple[Any, Any]]]) -> str:
+    """One line: the options no architecture has, then each architecture's changes, the
+    closest (fewest changes; the earlier on a tie) first."""
+    nowhere = set.intersection(*(set(changes) for changes in needs.values()))
+    closest = min(needs, key=lambda arch: len(needs[arch]))
+    order = [closest, *(arch for arch in needs if arch != closest)]
+
+    def changes(arch: Architecture) -> str:
+        listed = (f"{key} = {have!r} to {want!r}" for key, (have, want) in needs[arch].items())
+        return f"for {_NAMES[arch]} it would need to change {', '.join(listed)}"
+
+    head = "this model has no Hugging Face equivalent: "
+    if nowhere:
+        values = ", ".join(f"{key} = {needs[closest][key][0]!r}" for key in sorted(nowhere))
+        head += f"no architecture has {values}; closest: "
+    return head + "; ".join(changes(arch) for arch in order)
 
 
 # --- config.json <-> ModelConfig ---------------------------------------------------------------
@@ -226,21 +292,29 @@ def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE
 
 
 def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
-    """A ModelConfig from a config.json of either architecture (by its model_type)."""
-    return _CONFIG_READERS[_model_type(hf, where)](hf, where)
+    """A ModelConfig from a config.json of any of the four architectures (by its model_type)."""
+    arch = _model_type(hf, where)
+    if arch == "gpt2":
+        return gpt2_config_to_model_config(hf, where)
+    if arch == "llama":
+        return llama_config_to_model_config(hf, where)
+    if arch == "qwen3":
+        from scratchlm.model.hf_qwen3 import qwen3_config_to_model_config
+
+        return qwen3_config_to_model_config(hf, where)
+    from scratchlm.model.hf_neox import neox_config_to_model_config
+
+    return neox_config_to_model_config(hf, where)
 
 
 def _model_type(hf: Mapping[str, Any], where: str) -> Architecture:
     model_type = hf.get("model_type")
-    if model_type not in ("gpt2", "llama"):
+    if model_type not in HF_CLASSES:
         raise ScratchLMError(
-            f"{where}: model_type {model_type!r} is not supported; scratchlm imports 'gpt2' "
-            "and 'llama' models"
+            f"{where}: model_type {model_type!r} is not supported; scratchlm imports "
+            f"{', '.join(map(repr, HF_CLASSES))} models"
         )
     return model_type  # type: ignore[no-any-return]
-
-
-_CONFIG_READERS = {"gpt2": gpt2_config_to_model_config, "llama": llama_config_to_model_config}
 
 
 # --- tensors: ours <-> transformers' -----------------------------------------------------------
@@ -287,23 +361,37 @@ def gpt_from_hf_state_dict(
     state: Mapping[str, Tensor],
     where: str = "Hugging Face checkpoint",
 ) -> GPT:
-    """A GPT from transformers-named tensors (GPT-2 or Llama names, told apart by the config's
-    model_type, or for a ModelConfig by the tensor names), loaded without a second copy.
+    """A GPT from transformers-named tensors (GPT-2, Llama, Qwen3 or GPT-NeoX names, told apart
+    by the config's model_type, or for a ModelConfig by the tensor names and its qk_norm),
+    loaded without a second copy.
 
     `config` is a config.json dict or a ModelConfig. Unknown tensors and wrong shapes are one
     ScratchLMError naming the tensor.
     """
+    arch: Architecture
     if isinstance(config, ModelConfig):
         model_config = config
-        arch: Architecture = "llama" if "model.embed_tokens.weight" in state else "gpt2"
+        if "gpt_neox.embed_in.weight" in state:
+            arch = "gpt_neox"
+        elif "model.embed_tokens.weight" in state:
+            arch = "qwen3" if config.qk_norm else "llama"
+        else:
+            arch = "gpt2"
     else:
         arch = _model_type(config, where)
         model_config = hf_config_to_model_config(config, where)
-    ours = (
-        _gpt_names_from_llama(model_config, state, where)
-        if arch == "llama"
-        else (_gpt_names_from_gpt2(state, where))
-    )
+    if arch == "gpt2":
+        ours = _gpt_names_from_gpt2(state, where)
+    elif arch == "llama":
+        ours = _gpt_names_from_llama(model_config, state, where)
+    elif arch == "qwen3":
+        from scratchlm.model.hf_qwen3 import gpt_names_from_qwen3
+
+        ours = gpt_names_from_qwen3(model_config, state, where)
+    else:
+        from scratchlm.model.hf_neox import gpt_names_from_neox
+
+        ours = gpt_names_from_neox(model_config, state, where)
     return gpt_from_state_dict(model_config, ours, where=where)
 
 
@@ -368,7 +456,8 @@ def save_hf_model(
     overwrite: bool = False,
 ) -> Architecture:
     """Write `folder` with config.json, model.safetensors (and tokenizer.json when given) that
-    transformers' GPT2LMHeadModel or LlamaForCausalLM loads. Returns which one it is.
+    transformers loads as the model's architecture (hf_architecture; HF_CLASSES names its
+    class). Returns which one it is.
     token_ids names the bos, eos and pad ids (run_dir.token_role_ids); the eos id is where
     transformers' generate() stops.
 
@@ -383,12 +472,22 @@ def save_hf_model(
             model_config_to_gpt2_config(model.config),
             gpt2_state_dict_from_gpt(model),
         )
-    else:
+    elif arch == "llama":
         hf_config, state = (
             model_config_to_llama_config(model.config),
             llama_state_dict_from_gpt(model),
         )
-    # Both classes default to ids of their original vocabularies, which ours need not have.
+    elif arch == "qwen3":
+        from scratchlm.model.hf_qwen3 import model_config_to_qwen3_config, qwen3_state_dict_from_gpt
+
+        hf_config = model_config_to_qwen3_config(model.config)
+        state = qwen3_state_dict_from_gpt(model)
+    else:
+        from scratchlm.model.hf_neox import model_config_to_neox_config, neox_state_dict_from_gpt
+
+        hf_config = model_config_to_neox_config(model.config)
+        state = neox_state_dict_from_gpt(model)
+    # The classes default to ids of their original vocabularies, which ours need not have.
     for role in ("bos", "eos", "pad"):
         hf_config[f"{role}_token_id"] = (token_ids or {}).get(role)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -473,7 +572,8 @@ def read_hf_weights(folder: Path | str) -> dict[str, Tensor]:
 
 
 def load_hf_model(folder: Path | str) -> GPT:
-    """A GPT from a Hugging Face GPT-2 or Llama folder (config.json + safetensors weights)."""
+    """A GPT from a Hugging Face GPT-2, Llama, Qwen3 or GPT-NeoX folder (config.json +
+    safetensors weights)."""
     folder = Path(folder)
     hf_config = read_hf_config(folder)
     _model_type(hf_config, str(folder / CONFIG_FILE))  # unsupported models fail before reading

@@ -58,6 +58,7 @@ def export_gguf_run(
     """Write the Llama-shaped model of a run (default: its latest checkpoint) as a GGUF file,
     with its tokenizer and chat template; returns the model."""
     from scratchlm.model.hf_format import (
+        HF_CLASSES,
         hf_architecture,
         llama_state_dict_from_gpt,
         model_config_to_llama_config,
@@ -66,10 +67,11 @@ def export_gguf_run(
     _, tokenizer, model = load_trained_model(
         Path(run_dir), Path(checkpoint) if checkpoint else None
     )
-    if hf_architecture(model.config) != "llama":
+    if (arch := hf_architecture(model.config)) != "llama":
         raise ScratchLMError(
-            f"{run_dir} holds a GPT-2-shaped model; GGUF export writes Llama-shaped models "
-            "(RoPE, RMSNorm, SwiGLU), which is what llama.cpp runs"
+            f"{run_dir} holds a {HF_CLASSES[arch]}-shaped model; GGUF export writes "
+            "Llama-shaped models (RoPE, RMSNorm, SwiGLU) so far; `scratchlm export "
+            f"{run_dir} --format hf` writes this one for transformers"
         )
     template_path = RunPaths(Path(run_dir)).chat_template
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None

@@ -16,10 +16,12 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from scratchlm.core.devices import resolve_device
+from scratchlm.core.messages import warn
 from scratchlm.data.config import DataConfig
 from scratchlm.data.loader import TokenBatches
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.hf_format import hf_export_problem
 from scratchlm.runs.checkpoint import (
     TrainingState,
     check_run_matches,
@@ -174,6 +176,9 @@ def set_up_training(run: TrainableRun, resume: bool, ranks: Ranks) -> TrainingCo
     train.parallel says, once its weights are final."""
     paths = RunPaths(run.run_dir)
     tc = run.train
+    if not resume and (problem := hf_export_problem(run.model)) is not None:
+        # Said before hours of training, not when the user reaches for transformers.
+        warn(f"{problem} (it trains all the same; transformers and llama.cpp will not load it)")
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     model = GPT(run.model).to(device)

@@ -1,0 +1,243 @@
+"""The Hugging Face architectures beyond GPT-2 and Llama: Qwen3 (QK-norm) and GPT-NeoX (RoPE with
+LayerNorm and GELU, the demo recipe's shape). Each exported on a tiny random model, loaded by
+transformers' AutoModelForCausalLM in float32 with logits equal to ours to 1e-5 and the same
+greedy tokens, and imported back with identical weights. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from scratchlm.core.errors import ScratchLMError
+from scratchlm.inference.generate import generate_tokens
+from scratchlm.model import GPT
+from scratchlm.model.config import ModelConfig, model_config_from_table
+from scratchlm.model.hf_format import (
+    HF_CLASSES,
+    gpt_from_hf_state_dict,
+    hf_architecture,
+    hf_export_problem,
+    load_hf_model,
+    save_hf_model,
+)
+from scratchlm.model.hf_neox import model_config_to_neox_config, neox_config_to_model_config
+from scratchlm.model.hf_qwen3 import model_config_to_qwen3_config
+
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE: dict[str, Any] = dict(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)
+QWEN3: dict[str, Any] = dict(
+    pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False
+)
+NEOX: dict[str, Any] = dict(pos_encoding="rope", norm="layernorm", mlp="gelu")
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen3-mha-tied": dict(QWEN3),
+    "qwen3-gqa-untied": dict(QWEN3, n_kv_head=2, tie_embeddings=False, rope_base=500000.0),
+    "qwen3-mqa-eps": dict(QWEN3, n_kv_head=1, norm_eps=1e-6, mlp_hidden=40),
+    "gpt_neox-nobias-tied": dict(NEOX, bias=False),
+    "gpt_neox-bias-untied": dict(NEOX, tie_embeddings=False, mlp_hidden=48, rope_base=500.0),
+    "gpt_neox-nobias-untied": dict(NEOX, bias=False, tie_embeddings=False),
+    "gpt_neox-bias-tied": dict(NEOX, norm_eps=1e-6),
+}  # fmt: skip
+
+
+def random_gpt(config: ModelConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    with torch.no_grad():  # norm gains and biases away from 1 and 0, so they are tested too
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def logits_of(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(idx)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def check_in_transformers(ours: GPT, folder: Path, arch: str) -> None:
+    """transformers loads `folder` as `arch`, every parameter from the file, and computes our
+    logits and greedy tokens; load_hf_model gives back the very same weights."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert type(hf).__name__ == dict(HF_CLASSES)[arch]
+    # Everything came from the file, nothing left at its random init: as many parameters as
+    # ours, plus the zero biases a bias-free model gets in NeoX's LayerNorms (two per layer and
+    # the final one) and MLP (F + C per layer).
+    L, C, F = ours.config.n_layer, ours.config.n_embd, ours.config.ffn_hidden
+    extra = (2 * L + 1) * C + L * (F + C) if arch == "gpt_neox" and not ours.config.bias else 0
+    assert sum(p.numel() for p in hf.parameters()) == ours.num_parameters() + extra
+    V = ours.config.vocab_size
+    idx = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(1))
+    expected = logits_of(ours, idx)
+    assert torch.allclose(logits_of(hf, idx), expected, rtol=0, atol=1e-5)
+
+    prompt = idx[0, :8].tolist()
+    mine = list(generate_tokens(ours, prompt, 20, temperature=0.0))
+    with torch.no_grad():
+        # No eos id in config.json: both run the full 20 tokens.
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
+    theirs = out[0, len(prompt) :].tolist()
+    assert mine == theirs
+
+    back = load_hf_model(folder).eval()
+    # The same config, but for the MLP width, which config.json always states.
+    assert replace(back.config, mlp_hidden=0) == replace(ours.config, mlp_hidden=0)
+    assert back.config.ffn_hidden == ours.config.ffn_hidden
+    mine_state, back_state = ours.state_dict(), back.state_dict()
+    assert mine_state.keys() == back_state.keys()
+    for name, tensor in mine_state.items():
+        assert torch.equal(back_state[name], tensor), name
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_export_runs_in_transformers_and_imports_back(shape: str, tmp_path: Path) -> None:
+    ours = random_gpt(ModelConfig(**{**BASE, **SHAPES[shape]}))
+    arch = save_hf_model(ours, tmp_path / "hf")
+    assert arch == shape.split("-")[0]
+    check_in_transformers(ours, tmp_path / "hf", arch)
+
+
+def test_neox_query_key_value_is_laid_out_per_head(tmp_path: Path) -> None:
+    # NeoX reads query_key_value as (heads, 3, head_dim) rows: head 0's q, k, v come first.
+    ours = random_gpt(ModelConfig(**{**BASE, **NEOX}))
+    save_hf_model(ours, tmp_path / "hf")
+    from safetensors.torch import load_file
+
+    qkv = load_file(tmp_path / "hf" / "model.safetensors")[
+        "gpt_neox.layers.0.attention.query_key_value.weight"
+    ]
+    c_attn = ours.state_dict()["transformer.h.0.attn.c_attn.weight"]  # (q; k; v), (96, 32)
+    D, C = 8, 32
+    assert torch.equal(qkv[:D], c_attn[:D])  # head 0's query
+    assert torch.equal(qkv[D : 2 * D], c_attn[C : C + D])  # head 0's key
+    assert torch.equal(qkv[2 * D : 3 * D], c_attn[2 * C : 2 * C + D])  # head 0's value
+    assert torch.equal(qkv[3 * D : 4 * D], c_attn[D : 2 * D])  # head 1's query
+
+
+# --- the other direction: folders transformers wrote --------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["qwen3-gqa-untied", "gpt_neox-bias-untied"])
+def test_import_of_a_transformers_folder_gives_the_same_logits(shape: str, tmp_path: Path) -> None:
+    config = ModelConfig(**{**BASE, **SHAPES[shape]})
+    if shape.startswith("qwen3"):
+        hf_config = transformers.Qwen3Config(**model_config_to_qwen3_config(config))
+        hf = transformers.Qwen3ForCausalLM(hf_config)
+    else:
+        hf_config = transformers.GPTNeoXConfig(**model_config_to_neox_config(config))
+        hf = transformers.GPTNeoXForCausalLM(hf_config)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    ours = load_hf_model(tmp_path / "hf").eval()
+    idx = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
+    expected = logits_of(hf, idx)
+    assert torch.allclose(logits_of(ours, idx), expected, rtol=0, atol=1e-5)
+    # The KV cache path agrees too: prefill 16 tokens, then one at a time.
+    cache = ours.new_kv_cache(2)
+    with torch.no_grad():
+        steps = [ours(idx[:, :16], kv_cache=cache)[0]]
+        steps += [ours(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(16, 24)]
+    assert torch.allclose(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-5)
+    # The state-dict API other importers use takes a ModelConfig and tells the names apart.
+    again = gpt_from_hf_state_dict(ours.config, hf.state_dict()).eval()
+    assert torch.allclose(logits_of(again, idx), expected, rtol=0, atol=1e-5)
+
+
+def test_neox_without_biases_refuses_nonzero_mlp_biases(tmp_path: Path) -> None:
+    config = ModelConfig(**{**BASE, **NEOX, "bias": False})
+    hf = transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(**model_config_to_neox_config(config))
+    )
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(".bias"):
+                p.zero_()  # zeros load: what a bias-free export writes
+        hf.gpt_neox.layers[1].mlp.dense_h_to_4h.bias.fill_(0.5)
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ScratchLMError, match=r"layers\.1\.mlp\.dense_h_to_4h\.bias is not zero"):
+        load_hf_model(tmp_path / "hf")
+
+
+def test_pythia_style_neox_configs_are_refused_by_name() -> None:
+    config = model_config_to_neox_config(ModelConfig(**{**BASE, **NEOX}))
+    for change, message in [
+        ({"use_parallel_residual": True}, "use_parallel_residual = true"),
+        ({"rotary_pct": 0.25, "rope_parameters": None}, "rotary_pct = 0.25"),
+        ({"hidden_act": "gelu"}, "hidden_act = 'gelu' is not supported"),
+    ]:
+        with pytest.raises(ScratchLMError, match=message):
+            neox_config_to_model_config({**config, **change}, "config.json")
+    # transformers 4.x keys alone (no rope_parameters) read the same.
+    old = {k: v for k, v in config.items() if k != "rope_parameters"}
+    assert neox_config_to_model_config(old, "x") == neox_config_to_model_config(config, "x")
+
+
+# --- which architecture, and the refusals ----------------------------------------------------------
+
+
+def recipe_model(name: str, **overrides: Any) -> ModelConfig:
+    path = ROOT / "configs" / f"{name}.toml"
+    table = tomllib.loads(path.read_text(encoding="utf-8"))["model"]
+    return model_config_from_table({**table, **overrides}, str(path))
+
+
+def test_the_demo_recipe_exports_as_gpt_neox(tmp_path: Path) -> None:
+    ours = random_gpt(recipe_model("demo", vocab_size=256))
+    assert hf_export_problem(ours.config) is None
+    assert save_hf_model(ours, tmp_path / "hf") == "gpt_neox"
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf_config["attention_bias"], hf_config["use_parallel_residual"]) == (False, False)
+    check_in_transformers(ours, tmp_path / "hf", "gpt_neox")
+
+
+def test_the_char_recipe_is_refused_in_one_line_naming_relu2() -> None:
+    config = recipe_model("shakespeare-char")
+    with pytest.raises(ScratchLMError) as refused:
+        hf_architecture(config)
+    message = str(refused.value)
+    assert "\n" not in message and message == hf_export_problem(config)
+    assert "no architecture has mlp = 'relu2'; closest: for Qwen3" in message
+    assert "for Qwen3 it would need to change mlp = 'relu2' to 'swiglu';" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (dict(QWEN3, bias=True), ["for Qwen3 it would need to change bias = True to False"]),
+        (dict(NEOX, n_kv_head=2), ["for GPT-NeoX it would need to change n_kv_head = 2 to 4"]),
+        (
+            dict(QWEN3, rope_scaling="llama3"),
+            ["for Qwen3 it would need to change rope_scaling = 'llama3' to 'none'"],
+        ),
+        (dict(QWEN3, logit_softcap=30.0), ["no architecture has logit_softcap = 30.0"]),
+        (dict(NEOX, sliding_window=16), ["no architecture has sliding_window = 16", "GPT-NeoX"]),
+    ],
+)
+def test_options_no_architecture_carries_are_named(
+    options: dict[str, Any], fragments: list[str], tmp_path: Path
+) -> None:
+    model = GPT(ModelConfig(**{**BASE, **options}))
+    with pytest.raises(ScratchLMError, match="no Hugging Face equivalent") as refused:
+        save_hf_model(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    for fragment in fragments:
+        assert fragment in str(refused.value)
+
+
+def test_each_shape_picks_its_architecture() -> None:
+    picks = {shape: hf_architecture(ModelConfig(**{**BASE, **o})) for shape, o in SHAPES.items()}
+    assert picks == {shape: shape.split("-")[0] for shape in SHAPES}
+    assert hf_architecture(ModelConfig(**BASE)) == "gpt2"
+    assert hf_architecture(ModelConfig(**{**BASE, **QWEN3, "qk_norm": False})) == "llama"
