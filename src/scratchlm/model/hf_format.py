@@ -3,15 +3,13 @@ checkpoint.
 
 A Hugging Face model folder holds config.json (the architecture and its shape) and
 model.safetensors (the weights, under transformers' names), or shards of it listed in
-model.safetensors.index.json. Four architectures map onto our GPT; GPT-2 and Llama here, the
-other two in modules of their own:
+model.safetensors.index.json. Four architectures map onto our GPT; GPT-2 here, the others in
+modules of their own (hf_llama.py, hf_qwen3.py, hf_neox.py; hf_fields.py checks config.json):
 
     GPT2LMHeadModel   learned positions, LayerNorm with biases, GELU MLP, multi-head attention.
                       Same tensor names as ours; its Conv1D layers store weights as (in, out),
                       the transpose of nn.Linear's.
-    LlamaForCausalLM  RoPE (rotate-half, the layout of our apply_rope), RMSNorm, SwiGLU,
-                      grouped-query attention. Separate q/k/v and gate/up matrices, which we
-                      fuse: c_attn = [q; k; v] (C + 2·K·D rows), c_fc = [gate; up].
+    LlamaForCausalLM  RoPE, RMSNorm, SwiGLU, grouped-query attention (hf_llama.py).
     Qwen3ForCausalLM  Llama with QK-norm (hf_qwen3.py).
     GPTNeoXForCausalLM  RoPE with LayerNorm and GELU (hf_neox.py), the demo recipe's shape.
 
@@ -34,14 +32,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import safetensors.torch
-import torch
 from torch import Tensor
 
 from scratchlm.core.atomic_files import fsync_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
+from scratchlm.model import hf_neox, hf_qwen3
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
+from scratchlm.model.hf_fields import CONFIG_FILE, expect_field, int_field, validated_config
+from scratchlm.model.hf_llama import (
+    gpt_names_from_llama,
+    llama_config_to_model_config,
+    llama_state_dict_from_gpt,
+    model_config_to_llama_config,
+)
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 
 Architecture = Literal["gpt2", "llama", "qwen3", "gpt_neox"]
@@ -60,7 +65,6 @@ _NAMES: dict[Architecture, str] = {
     "gpt_neox": "GPT-NeoX",
 }
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -91,9 +95,6 @@ def hf_export_problem(config: ModelConfig) -> str | None:
 
 def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any, Any]]]:
     """Per architecture, {option: (the config's value, the value that architecture needs)}."""
-    # Qwen3 and GPT-NeoX live in modules of their own that build on this one's helpers, so
-    # they are imported where used (here and below), not at the top.
-    from scratchlm.model import hf_neox, hf_qwen3
 
     common = {
         "sliding_window": (config.sliding_window, 0),
@@ -173,122 +174,26 @@ def model_config_to_gpt2_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def model_config_to_llama_config(config: ModelConfig) -> dict[str, Any]:
-    """The config.json (keyword arguments of transformers.LlamaConfig) for a Llama-shaped
-    ModelConfig."""
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
-    if config.rope_scaling == "llama3":
-        rope = {
-            "rope_type": "llama3",
-            "rope_theta": config.rope_base,
-            "factor": config.rope_factor,
-            "low_freq_factor": config.rope_low_freq_factor,
-            "high_freq_factor": config.rope_high_freq_factor,
-            "original_max_position_embeddings": config.rope_original_context,
-        }
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.kv_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.block_size,
-        "rms_norm_eps": config.norm_eps,
-        "hidden_act": "silu",
-        "attention_bias": config.bias,
-        "mlp_bias": config.bias,
-        "attention_dropout": config.dropout,
-        "tie_word_embeddings": config.tie_embeddings,
-        # transformers 5 reads rope_parameters; 4.x read rope_theta and rope_scaling.
-        "rope_parameters": rope,
-        "rope_theta": config.rope_base,
-        **({"rope_scaling": rope} if config.rope_scaling == "llama3" else {}),
-        "torch_dtype": "float32",
-    }
-
-
 def gpt2_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
     """A ModelConfig from a GPT-2 config.json."""
-    _expect(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), where, "gelu_new")
+    expect_field(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), where, "gelu_new")
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag, False):
             raise ScratchLMError(f"{where}: {flag} = true is not supported")
     if not hf.get("scale_attn_weights", True):
         raise ScratchLMError(f"{where}: scale_attn_weights = false is not supported")
-    n_embd = _int(hf, "n_embd", where)
+    n_embd = int_field(hf, "n_embd", where)
     config = ModelConfig(
-        vocab_size=_int(hf, "vocab_size", where),
-        block_size=_int(hf, "n_positions", where),
-        n_layer=_int(hf, "n_layer", where),
-        n_head=_int(hf, "n_head", where),
+        vocab_size=int_field(hf, "vocab_size", where),
+        block_size=int_field(hf, "n_positions", where),
+        n_layer=int_field(hf, "n_layer", where),
+        n_head=int_field(hf, "n_head", where),
         n_embd=n_embd,
         mlp_hidden=int(hf.get("n_inner") or 0),  # None: 4 * n_embd, as our 0
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
     )
-    return _validated(config, where)
-
-
-def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
-    """A ModelConfig from a Llama config.json (transformers 4.x or 5.x keys)."""
-    _expect(hf, "hidden_act", ("silu",), where, "silu")
-    n_embd = _int(hf, "hidden_size", where)
-    n_head = _int(hf, "num_attention_heads", where)
-    n_kv_head = int(hf.get("num_key_value_heads") or n_head)
-    head_dim = hf.get("head_dim") or n_embd // n_head
-    if head_dim * n_head != n_embd:
-        raise ScratchLMError(
-            f"{where}: head_dim {head_dim} x {n_head} heads != hidden_size {n_embd}; "
-            "scratchlm needs head_dim = hidden_size / num_attention_heads"
-        )
-    attention_bias, mlp_bias = (
-        bool(hf.get("attention_bias", False)),
-        bool(hf.get("mlp_bias", False)),
-    )
-    if attention_bias != mlp_bias:
-        raise ScratchLMError(
-            f"{where}: attention_bias = {attention_bias} but mlp_bias = {mlp_bias}; scratchlm "
-            "has one bias switch for both"
-        )
-    # transformers 5 writes rope_parameters; older config.json files rope_theta + rope_scaling.
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    rope_base = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    scaling: dict[str, Any] = {}
-    if rope_type == "llama3":
-        scaling = dict(
-            rope_scaling="llama3",
-            rope_factor=float(rope["factor"]),
-            rope_low_freq_factor=float(rope["low_freq_factor"]),
-            rope_high_freq_factor=float(rope["high_freq_factor"]),
-            rope_original_context=int(rope["original_max_position_embeddings"]),
-        )
-    elif rope_type != "default":
-        raise ScratchLMError(
-            f"{where}: RoPE scaling {rope_type!r} is not supported (only 'default' and 'llama3')"
-        )
-    config = ModelConfig(
-        vocab_size=_int(hf, "vocab_size", where),
-        block_size=_int(hf, "max_position_embeddings", where),
-        n_layer=_int(hf, "num_hidden_layers", where),
-        n_head=n_head,
-        n_kv_head=0 if n_kv_head == n_head else n_kv_head,  # 0: one per query head
-        n_embd=n_embd,
-        mlp="swiglu",
-        mlp_hidden=_int(hf, "intermediate_size", where),
-        norm="rmsnorm",
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        bias=attention_bias,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # LlamaConfig's default
-        pos_encoding="rope",
-        rope_base=rope_base,
-        **scaling,
-    )
-    return _validated(config, where)
+    return validated_config(config, where)
 
 
 def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
@@ -299,12 +204,9 @@ def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -
     if arch == "llama":
         return llama_config_to_model_config(hf, where)
     if arch == "qwen3":
-        from scratchlm.model.hf_qwen3 import qwen3_config_to_model_config
+        return hf_qwen3.qwen3_config_to_model_config(hf, where)
 
-        return qwen3_config_to_model_config(hf, where)
-    from scratchlm.model.hf_neox import neox_config_to_model_config
-
-    return neox_config_to_model_config(hf, where)
+    return hf_neox.neox_config_to_model_config(hf, where)
 
 
 def _model_type(hf: Mapping[str, Any], where: str) -> Architecture:
@@ -327,32 +229,6 @@ def gpt2_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # HF re-ties it to transformer.wte.weight
         state[name] = tensor.t() if name.endswith(_CONV1D) else tensor
-    return state
-
-
-def llama_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
-    """LlamaForCausalLM's tensors for a Llama-shaped model: fused matrices split again."""
-    config = model.config
-    C, KD = config.n_embd, config.kv_heads * config.head_dim
-    ours = model.state_dict()
-    state: dict[str, Tensor] = {"model.embed_tokens.weight": ours["transformer.wte.weight"]}
-    for i in range(config.n_layer):
-        src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
-        state[dst + "input_layernorm.weight"] = ours[src + "ln_1.weight"]
-        state[dst + "post_attention_layernorm.weight"] = ours[src + "ln_2.weight"]
-        for kind in ("weight", "bias") if config.bias else ("weight",):
-            q, k, v = ours[f"{src}attn.c_attn.{kind}"].split([C, KD, KD])
-            state[f"{dst}self_attn.q_proj.{kind}"] = q
-            state[f"{dst}self_attn.k_proj.{kind}"] = k
-            state[f"{dst}self_attn.v_proj.{kind}"] = v
-            state[f"{dst}self_attn.o_proj.{kind}"] = ours[f"{src}attn.c_proj.{kind}"]
-            gate, up = ours[f"{src}mlp.c_fc.{kind}"].chunk(2)
-            state[f"{dst}mlp.gate_proj.{kind}"] = gate
-            state[f"{dst}mlp.up_proj.{kind}"] = up
-            state[f"{dst}mlp.down_proj.{kind}"] = ours[f"{src}mlp.c_proj.{kind}"]
-    state["model.norm.weight"] = ours["transformer.ln_f.weight"]
-    if not config.tie_embeddings:
-        state["lm_head.weight"] = ours["lm_head.weight"]
     return state
 
 
@@ -383,15 +259,11 @@ def gpt_from_hf_state_dict(
     if arch == "gpt2":
         ours = _gpt_names_from_gpt2(state, where)
     elif arch == "llama":
-        ours = _gpt_names_from_llama(model_config, state, where)
+        ours = gpt_names_from_llama(model_config, state, where)
     elif arch == "qwen3":
-        from scratchlm.model.hf_qwen3 import gpt_names_from_qwen3
-
-        ours = gpt_names_from_qwen3(model_config, state, where)
+        ours = hf_qwen3.gpt_names_from_qwen3(model_config, state, where)
     else:
-        from scratchlm.model.hf_neox import gpt_names_from_neox
-
-        ours = gpt_names_from_neox(model_config, state, where)
+        ours = hf_neox.gpt_names_from_neox(model_config, state, where)
     return gpt_from_state_dict(model_config, ours, where=where)
 
 
@@ -405,43 +277,6 @@ def _gpt_names_from_gpt2(state: Mapping[str, Tensor], where: str) -> dict[str, T
         if not name.startswith(("transformer.", "lm_head.")):
             name = "transformer." + name
         ours[name] = tensor.t() if name.endswith(_CONV1D) else tensor
-    return ours
-
-
-def _gpt_names_from_llama(
-    config: ModelConfig, state: Mapping[str, Tensor], where: str
-) -> dict[str, Tensor]:
-    remaining = dict(state)
-
-    def take(name: str) -> Tensor:
-        if name not in remaining:
-            raise ScratchLMError(f"{where}: tensor {name} is missing")
-        return remaining.pop(name)
-
-    ours: dict[str, Tensor] = {"transformer.wte.weight": take("model.embed_tokens.weight")}
-    for i in range(config.n_layer):
-        src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-        ours[dst + "ln_1.weight"] = take(src + "input_layernorm.weight")
-        ours[dst + "ln_2.weight"] = take(src + "post_attention_layernorm.weight")
-        for kind in ("weight", "bias") if config.bias else ("weight",):
-            ours[f"{dst}attn.c_attn.{kind}"] = torch.cat(
-                [take(f"{src}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
-            )
-            ours[f"{dst}attn.c_proj.{kind}"] = take(f"{src}self_attn.o_proj.{kind}")
-            ours[f"{dst}mlp.c_fc.{kind}"] = torch.cat(
-                [take(f"{src}mlp.gate_proj.{kind}"), take(f"{src}mlp.up_proj.{kind}")]
-            )
-            ours[f"{dst}mlp.c_proj.{kind}"] = take(f"{src}mlp.down_proj.{kind}")
-    ours["transformer.ln_f.weight"] = take("model.norm.weight")
-    if "lm_head.weight" in remaining:
-        ours["lm_head.weight"] = remaining.pop("lm_head.weight")
-    # RoPE frequencies that some checkpoints carry are recomputed from the config.
-    left = [name for name in remaining if not name.endswith("rotary_emb.inv_freq")]
-    if left:
-        raise ScratchLMError(
-            f"{where}: tensor {left[0]} has no place in a {config.n_layer}-layer Llama model "
-            f"({len(left)} such tensors)"
-        )
     return ours
 
 
@@ -478,15 +313,11 @@ def save_hf_model(
             llama_state_dict_from_gpt(model),
         )
     elif arch == "qwen3":
-        from scratchlm.model.hf_qwen3 import model_config_to_qwen3_config, qwen3_state_dict_from_gpt
-
-        hf_config = model_config_to_qwen3_config(model.config)
-        state = qwen3_state_dict_from_gpt(model)
+        hf_config = hf_qwen3.model_config_to_qwen3_config(model.config)
+        state = hf_qwen3.qwen3_state_dict_from_gpt(model)
     else:
-        from scratchlm.model.hf_neox import model_config_to_neox_config, neox_state_dict_from_gpt
-
-        hf_config = model_config_to_neox_config(model.config)
-        state = neox_state_dict_from_gpt(model)
+        hf_config = hf_neox.model_config_to_neox_config(model.config)
+        state = hf_neox.neox_state_dict_from_gpt(model)
     # The classes default to ids of their original vocabularies, which ours need not have.
     for role in ("bos", "eos", "pad"):
         hf_config[f"{role}_token_id"] = (token_ids or {}).get(role)
@@ -578,31 +409,3 @@ def load_hf_model(folder: Path | str) -> GPT:
     hf_config = read_hf_config(folder)
     _model_type(hf_config, str(folder / CONFIG_FILE))  # unsupported models fail before reading
     return gpt_from_hf_state_dict(hf_config, read_hf_weights(folder), where=str(folder))
-
-
-# --- small helpers -----------------------------------------------------------------------------
-
-
-def _int(hf: Mapping[str, Any], key: str, where: str) -> int:
-    value = hf.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ScratchLMError(f"{where}: {key} must be a whole number, got {value!r}")
-    return value
-
-
-def _expect(
-    hf: Mapping[str, Any], key: str, allowed: tuple[str, ...], where: str, default: str
-) -> None:
-    value = hf.get(key, default)
-    if value not in allowed:
-        raise ScratchLMError(
-            f"{where}: {key} = {value!r} is not supported (scratchlm computes {allowed[0]!r})"
-        )
-
-
-def _validated(config: ModelConfig, where: str) -> ModelConfig:
-    try:
-        config.validate()
-    except ScratchLMError as e:
-        raise ScratchLMError(f"{where}: {e}") from None
-    return config

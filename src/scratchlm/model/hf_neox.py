@@ -28,7 +28,7 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_format import _expect, _int, _validated
+from scratchlm.model.hf_fields import expect_field, int_field, validated_config
 
 MODEL_TYPE = "gpt_neox"
 # The tanh approximation of GELU under both of transformers' names (gelu_new computes the same
@@ -89,7 +89,7 @@ def neox_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelConfi
     """A ModelConfig from a GPT-NeoX config.json (transformers 4.x or 5.x keys). Pythia's own
     configs (parallel residual, a quarter of each head rotated, exact GELU) are refused by
     name: our blocks cannot compute them."""
-    _expect(hf, "hidden_act", TANH_GELU, where, "gelu")
+    expect_field(hf, "hidden_act", TANH_GELU, where, "gelu")
     if hf.get("use_parallel_residual", True):
         raise ScratchLMError(
             f"{where}: use_parallel_residual = true is not supported (scratchlm's blocks add "
@@ -106,13 +106,13 @@ def neox_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelConfi
         raise ScratchLMError(f"{where}: RoPE scaling {rope_type!r} is not supported for GPT-NeoX")
     rope_base = rope.get("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0)))
     config = ModelConfig(
-        vocab_size=_int(hf, "vocab_size", where),
-        block_size=_int(hf, "max_position_embeddings", where),
-        n_layer=_int(hf, "num_hidden_layers", where),
-        n_head=_int(hf, "num_attention_heads", where),
-        n_embd=_int(hf, "hidden_size", where),
+        vocab_size=int_field(hf, "vocab_size", where),
+        block_size=int_field(hf, "max_position_embeddings", where),
+        n_layer=int_field(hf, "num_hidden_layers", where),
+        n_head=int_field(hf, "num_attention_heads", where),
+        n_embd=int_field(hf, "hidden_size", where),
         mlp="gelu",
-        mlp_hidden=_int(hf, "intermediate_size", where),
+        mlp_hidden=int_field(hf, "intermediate_size", where),
         norm="layernorm",
         norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
         bias=bool(hf.get("attention_bias", True)),  # GPTNeoXConfig's default
@@ -120,7 +120,7 @@ def neox_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelConfi
         pos_encoding="rope",
         rope_base=float(rope_base),
     )
-    return _validated(config, where)
+    return validated_config(config, where)
 
 
 # --- tensors: ours <-> transformers' -----------------------------------------------------------

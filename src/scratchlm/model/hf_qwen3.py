@@ -23,9 +23,9 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_format import (
-    _gpt_names_from_llama,
-    _validated,
+from scratchlm.model.hf_fields import validated_config
+from scratchlm.model.hf_llama import (
+    gpt_names_from_llama,
     llama_config_to_model_config,
     llama_state_dict_from_gpt,
     model_config_to_llama_config,
@@ -92,7 +92,7 @@ def qwen3_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelConf
         raise ScratchLMError(
             f"{where}: RoPE scaling {config.rope_scaling!r} is not supported for Qwen3"
         )
-    return _validated(replace(config, qk_norm=True), where)
+    return validated_config(replace(config, qk_norm=True), where)
 
 
 # --- tensors: ours <-> transformers' -----------------------------------------------------------
@@ -122,4 +122,4 @@ def gpt_names_from_qwen3(
             if name not in remaining:
                 raise ScratchLMError(f"{where}: tensor {name} is missing")
             ours[f"transformer.h.{i}.attn.{norm}.weight"] = remaining.pop(name)
-    return {**_gpt_names_from_llama(config, remaining, where), **ours}
+    return {**gpt_names_from_llama(config, remaining, where), **ours}
