@@ -92,6 +92,11 @@ def test_make_demo_recipe_runs_on_tiny_settings(workdir: Path) -> None:
     assert (
         book.read_bytes()[:5] == b"%PDF-" and f"wrote {book.relative_to(workdir)}" in result.stdout
     )
+    # And the demo's model goes on to transformers (its shape: GPT-NeoX).
+    export = ["scratchlm", "export", "runs/demo", "--format", "hf", "--out", "hf"]
+    result = run(scratchlm(export), workdir)
+    assert result.returncode == 0, result.stderr
+    assert "GPTNeoXForCausalLM" in result.stdout and (workdir / "hf" / "config.json").is_file()
 
 
 def test_cli_tour_runs_as_written(workdir: Path) -> None:
