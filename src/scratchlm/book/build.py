@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -183,15 +182,14 @@ def source_commit(source_root: Path) -> str:
 
 
 def machine_summary() -> str:
-    """CPU model, cores and the torch build: what the run's numbers were measured on."""
+    """CPU model, cores, GPUs and the torch build: what the run's numbers were measured on
+    (the report card's machine facts, eval/report/machine.py)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    from scratchlm.eval.report.machine import cpu_model, gpus
+
+    gpu = gpus()
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, {'no GPU' if gpu == 'none' else gpu}, "
+        f"torch {torch.__version__}"
+    )

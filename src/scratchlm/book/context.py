@@ -73,7 +73,7 @@ class BookContext:
         where = f"{found.path}, lines {found.first_line}-{found.last_line}"
         return (
             f"#figure(kind: raw, supplement: [Listing], caption: [{tm.inline_code(symbol)} "
-            f"({tm.text(where)})], align(left, {tm.code(found.source).strip()[1:]}))\n"
+            f"({tm.text(where)})], align(left, {tm.raw_block(found.source)}))\n"
         )
 
     def missing(self, what: str, command: str) -> str:

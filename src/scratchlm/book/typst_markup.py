@@ -24,7 +24,12 @@ def text(value: object) -> str:
 
 def code(source: str, lang: str = "python") -> str:
     """A code block with Typst's own highlighting."""
-    return f"#raw({string(source)}, lang: {string(lang)}, block: true)\n"
+    return f"#{raw_block(source, lang)}\n"
+
+
+def raw_block(source: str, lang: str = "python") -> str:
+    """code() as a Typst expression, to put inside another call (a listing's figure)."""
+    return f"raw({string(source)}, lang: {string(lang)}, block: true)"
 
 
 def inline_code(source: str) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -88,7 +88,8 @@ class _Row:
     count: int = 0
     last: int = -1  # the token sampled last, fed at the next step
     cancelled: bool = False
-    seen: set[int] = field(default_factory=set)
+    # (1, V) bool: the tokens the repetition penalty applies to; None without a penalty.
+    seen: Tensor | None = None
 
 
 class ContinuousBatcher:
@@ -147,7 +148,10 @@ class ContinuousBatcher:
         limit = min(settings.max_new_tokens, self.block_size - len(prompt))
         rid = self._next_rid
         self._next_rid += 1
-        seen = set(prompt) if settings.repetition_penalty != 1.0 else set()
+        seen = None
+        if settings.repetition_penalty != 1.0:
+            seen = torch.zeros(1, vocab, dtype=torch.bool, device=self.device)
+            seen[0, prompt] = True
         self.waiting.append(_Row(rid, prompt, settings, generator, limit, seen=seen))
         return rid
 
@@ -198,15 +202,10 @@ class ContinuousBatcher:
 
     def _sample(self, logits: Tensor) -> list[RowEvent]:
         rows = self.rows
-        penalties = [row.settings.repetition_penalty for row in rows]
-        if any(p != 1.0 for p in penalties):
-            for b, row in enumerate(rows):
-                if penalties[b] != 1.0:
-                    seen = torch.zeros(logits.size(-1), dtype=torch.bool, device=self.device)
-                    seen[list(row.seen)] = True
-                    logits[b] = apply_repetition_penalty(
-                        logits[b : b + 1], seen[None], penalties[b]
-                    )[0]
+        for b, row in enumerate(rows):
+            if row.seen is not None:  # a repetition penalty
+                penalty = row.settings.repetition_penalty
+                logits[b] = apply_repetition_penalty(logits[b : b + 1], row.seen, penalty)[0]
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
         ids = [0] * len(rows)
         # Rows that sample alike are filtered together; each draws from its own generator.
@@ -242,8 +241,8 @@ class ContinuousBatcher:
                 )
             row.count += 1
             row.last = token
-            if row.settings.repetition_penalty != 1.0:
-                row.seen.add(token)
+            if row.seen is not None:
+                row.seen[0, token] = True
             finish: FinishReason | None = "length" if row.count >= row.limit else None
             events.append(RowEvent(row.rid, TokenLogprob(token, chosen[b], top), finish))
             if finish:

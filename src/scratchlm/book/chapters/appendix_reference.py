@@ -43,7 +43,7 @@ def write(ctx: BookContext) -> str:
         "defaults:\n"
     )
     finetune = FinetuneRun()
-    parts.append(section_table("finetune", finetune, skip={"train", "sample", "model"}))
+    parts.append(section_table("finetune", finetune, skip=frozenset({"train", "sample", "model"})))
     for section in ("sft", "classify", "dpo", "lora"):
         parts.append(section_table(f"finetune.{section}", getattr(finetune, section)))
     parts.append("== Commands\n")
@@ -54,7 +54,7 @@ def write(ctx: BookContext) -> str:
     return "\n".join(parts)
 
 
-def section_table(name: str, settings: Any, skip: set[str] = set()) -> str:  # noqa: B006
+def section_table(name: str, settings: Any, skip: frozenset[str] = frozenset()) -> str:
     """One table: each plain field of a settings dataclass (nested ones are their own table)."""
     comments = field_comments(settings.__class__)
     hints = typing.get_type_hints(type(settings))
