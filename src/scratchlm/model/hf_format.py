@@ -280,6 +280,27 @@ def _gpt_names_from_gpt2(state: Mapping[str, Tensor], where: str) -> dict[str, T
     return ours
 
 
+def hf_model(model: GPT) -> tuple[Architecture, dict[str, Any], dict[str, Tensor]]:
+    """The model in transformers' terms: its architecture (hf_architecture), config.json as a
+    dict and the tensors under that architecture's names (views of the model's own)."""
+    arch = hf_architecture(model.config)
+    if arch == "gpt2":
+        return arch, model_config_to_gpt2_config(model.config), gpt2_state_dict_from_gpt(model)
+    if arch == "llama":
+        return arch, model_config_to_llama_config(model.config), llama_state_dict_from_gpt(model)
+    if arch == "qwen3":
+        return (
+            arch,
+            hf_qwen3.model_config_to_qwen3_config(model.config),
+            hf_qwen3.qwen3_state_dict_from_gpt(model),
+        )
+    return (
+        arch,
+        hf_neox.model_config_to_neox_config(model.config),
+        hf_neox.neox_state_dict_from_gpt(model),
+    )
+
+
 # --- folders -----------------------------------------------------------------------------------
 
 
@@ -300,24 +321,8 @@ def save_hf_model(
     existing folder is replaced only with overwrite=True.
     """
     folder = Path(folder)
-    arch = hf_architecture(model.config)  # before touching anything
+    arch, hf_config, state = hf_model(model)  # before touching anything
     refuse_existing(folder, overwrite)
-    if arch == "gpt2":
-        hf_config, state = (
-            model_config_to_gpt2_config(model.config),
-            gpt2_state_dict_from_gpt(model),
-        )
-    elif arch == "llama":
-        hf_config, state = (
-            model_config_to_llama_config(model.config),
-            llama_state_dict_from_gpt(model),
-        )
-    elif arch == "qwen3":
-        hf_config = hf_qwen3.model_config_to_qwen3_config(model.config)
-        state = hf_qwen3.qwen3_state_dict_from_gpt(model)
-    else:
-        hf_config = hf_neox.model_config_to_neox_config(model.config)
-        state = hf_neox.neox_state_dict_from_gpt(model)
     # The classes default to ids of their original vocabularies, which ours need not have.
     for role in ("bos", "eos", "pad"):
         hf_config[f"{role}_token_id"] = (token_ids or {}).get(role)
