@@ -1,5 +1,5 @@
-"""The Hugging Face architectures beyond GPT-2 and Llama: Qwen3 (QK-norm) and GPT-NeoX (RoPE with
-LayerNorm and GELU, the demo recipe's shape). Each exported on a tiny random model, loaded by
+"""The Hugging Face architectures beyond GPT-2 and Llama: Qwen3 (QK-norm), Arcee (ReLU²) and
+GPT-NeoX (RoPE with LayerNorm and GELU, the demo recipe's shape). Each exported on a tiny random model, loaded by
 transformers' AutoModelForCausalLM in float32 with logits equal to ours to 1e-5 and the same
 greedy tokens, and imported back with identical weights. Nothing is downloaded."""
 
@@ -18,10 +18,12 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.generate import generate_tokens
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig, model_config_from_table
+from scratchlm.model.hf_arcee import model_config_to_arcee_config
 from scratchlm.model.hf_format import (
     HF_CLASSES,
     gpt_from_hf_state_dict,
     hf_architecture,
+    hf_config_to_model_config,
     hf_export_problem,
     load_hf_model,
     save_hf_model,
@@ -37,11 +39,17 @@ QWEN3: dict[str, Any] = dict(
     pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False
 )
 NEOX: dict[str, Any] = dict(pos_encoding="rope", norm="layernorm", mlp="gelu")
+ARCEE: dict[str, Any] = dict(pos_encoding="rope", norm="rmsnorm", mlp="relu2", bias=False)
 
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen3-mha-tied": dict(QWEN3),
     "qwen3-gqa-untied": dict(QWEN3, n_kv_head=2, tie_embeddings=False, rope_base=500000.0),
     "qwen3-mqa-eps": dict(QWEN3, n_kv_head=1, norm_eps=1e-6, mlp_hidden=40),
+    "arcee-mha-tied": dict(ARCEE),
+    "arcee-gqa-untied": dict(ARCEE, n_kv_head=2, tie_embeddings=False, mlp_hidden=48,
+                             rope_base=500000.0),
+    "arcee-mqa-llama3-rope": dict(ARCEE, n_kv_head=1, norm_eps=1e-6, rope_scaling="llama3",
+                                  rope_factor=4.0, rope_original_context=16),
     "gpt_neox-nobias-tied": dict(NEOX, bias=False),
     "gpt_neox-bias-untied": dict(NEOX, tie_embeddings=False, mlp_hidden=48, rope_base=500.0),
     "gpt_neox-nobias-untied": dict(NEOX, bias=False, tie_embeddings=False),
@@ -126,15 +134,27 @@ def test_neox_query_key_value_is_laid_out_per_head(tmp_path: Path) -> None:
 # --- the other direction: folders transformers wrote --------------------------------------------
 
 
-@pytest.mark.parametrize("shape", ["qwen3-gqa-untied", "gpt_neox-bias-untied"])
+TO_HF_CONFIG = {
+    "qwen3": model_config_to_qwen3_config,
+    "arcee": model_config_to_arcee_config,
+    "gpt_neox": model_config_to_neox_config,
+}
+IMPORTED: dict[str, dict[str, Any]] = {
+    "qwen3-gqa-untied": SHAPES["qwen3-gqa-untied"],
+    "arcee-gqa-untied": SHAPES["arcee-gqa-untied"],
+    # Arcee with biases does not export (llama.cpp's Arcee has no o_proj or MLP biases), but
+    # transformers' has them, and such a folder imports.
+    "arcee-bias-mqa": dict(ARCEE, bias=True, n_kv_head=1, tie_embeddings=False),
+    "gpt_neox-bias-untied": SHAPES["gpt_neox-bias-untied"],
+}
+
+
+@pytest.mark.parametrize("shape", list(IMPORTED))
 def test_import_of_a_transformers_folder_gives_the_same_logits(shape: str, tmp_path: Path) -> None:
-    config = ModelConfig(**{**BASE, **SHAPES[shape]})
-    if shape.startswith("qwen3"):
-        hf_config = transformers.Qwen3Config(**model_config_to_qwen3_config(config))
-        hf = transformers.Qwen3ForCausalLM(hf_config)
-    else:
-        hf_config = transformers.GPTNeoXConfig(**model_config_to_neox_config(config))
-        hf = transformers.GPTNeoXForCausalLM(hf_config)
+    config = ModelConfig(**{**BASE, **IMPORTED[shape]})
+    hf_config = transformers.AutoConfig.for_model(**TO_HF_CONFIG[shape.split("-")[0]](config))
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config)
+    assert hf.config.model_type == shape.split("-")[0]
     torch.manual_seed(2)
     with torch.no_grad():
         for p in hf.parameters():
@@ -153,6 +173,47 @@ def test_import_of_a_transformers_folder_gives_the_same_logits(shape: str, tmp_p
     # The state-dict API other importers use takes a ModelConfig and tells the names apart.
     again = gpt_from_hf_state_dict(ours.config, hf.state_dict()).eval()
     assert torch.allclose(logits_of(again, idx), expected, rtol=0, atol=1e-5)
+
+
+def test_arcee_configs_are_read_as_relu2_and_other_activations_refused() -> None:
+    config = model_config_to_arcee_config(ModelConfig(**{**BASE, **ARCEE}))
+    assert (config["model_type"], config["hidden_act"]) == ("arcee", "relu2")
+    assert hf_config_to_model_config(config).mlp == "relu2"
+    with pytest.raises(ScratchLMError, match="hidden_act = 'silu' is not supported"):
+        hf_config_to_model_config({**config, "hidden_act": "silu"})
+    with pytest.raises(ScratchLMError, match="attention_bias = True but mlp_bias = False"):
+        hf_config_to_model_config({**config, "attention_bias": True})
+    # A Llama folder's gate_proj has no place in an Arcee model.
+    state = {"model.layers.0.mlp.gate_proj.weight": torch.zeros(128, 32)}
+    hf = transformers.ArceeForCausalLM(transformers.ArceeConfig(**config))
+    with pytest.raises(ScratchLMError, match=r"gate_proj\.weight has no place in a 2-layer Arcee"):
+        gpt_from_hf_state_dict(config, {**hf.state_dict(), **state})
+
+
+def test_a_peft_adapter_loads_onto_the_arcee_export(tmp_path: Path) -> None:
+    # LoRA on q, v, up (all of c_fc, Arcee's up_proj) and down: PEFT's adapter on the Arcee
+    # export computes what our adapted model does.
+    peft = pytest.importorskip("peft")
+    from scratchlm.finetune.lora import apply_lora, lora_adapters
+    from scratchlm.finetune.lora_peft import export_peft_adapter
+
+    ours = random_gpt(ModelConfig(**{**BASE, **SHAPES["arcee-gqa-untied"]}))
+    save_hf_model(ours, tmp_path / "hf")
+    apply_lora(ours, ["q", "v", "up", "down"], r=2, alpha=5, quiet=True)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B starts at zero: make the update show
+        for adapter in lora_adapters(ours).values():
+            adapter.B.copy_(torch.randn(adapter.B.shape, generator=g) * 0.2)
+    export_peft_adapter(ours, tmp_path / "peft", base_model_name_or_path=str(tmp_path / "hf"))
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["q_proj", "v_proj", "up_proj", "down_proj"]
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    expected = logits_of(ours, idx)
+    assert not torch.allclose(logits_of(hf.eval(), idx), expected, atol=1e-3)  # it matters
+    with_adapter = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+    assert torch.allclose(logits_of(with_adapter, idx), expected, rtol=0, atol=1e-5)
 
 
 def test_neox_without_biases_refuses_nonzero_mlp_biases(tmp_path: Path) -> None:
@@ -208,8 +269,13 @@ def test_the_char_recipe_is_refused_in_one_line_naming_relu2() -> None:
         hf_architecture(config)
     message = str(refused.value)
     assert "\n" not in message and message == hf_export_problem(config)
-    assert "no architecture has mlp = 'relu2'; closest: for Qwen3" in message
-    assert "for Qwen3 it would need to change mlp = 'relu2' to 'swiglu';" in message
+    # ReLU² has a home now (Arcee), QK-norm too (Qwen3), but not the two together: the two
+    # one-change ways out come first, Qwen3's (which keeps QK-norm, that lets the recipe use
+    # its learning rates) before Arcee's.
+    assert message.startswith(
+        "this model has no Hugging Face equivalent: for Qwen3 it would need to change "
+        "mlp = 'relu2' to 'swiglu'; for Arcee it would need to change qk_norm = True to False; "
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,6 +288,8 @@ def test_the_char_recipe_is_refused_in_one_line_naming_relu2() -> None:
             ["for Qwen3 it would need to change rope_scaling = 'llama3' to 'none'"],
         ),
         (dict(QWEN3, logit_softcap=30.0), ["no architecture has logit_softcap = 30.0"]),
+        (dict(ARCEE, bias=True), ["for Arcee it would need to change bias = True to False"]),
+        (dict(ARCEE, sliding_window=8), ["no architecture has sliding_window = 8", "Arcee"]),
         (dict(NEOX, sliding_window=16), ["no architecture has sliding_window = 16", "GPT-NeoX"]),
     ],
 )

@@ -177,8 +177,8 @@ def test_llama_presets_match_transformers_llama(name: str) -> None:
 
 
 def test_a_model_with_no_hf_equivalent_is_refused_naming_the_options(tmp_path: Path) -> None:
-    # (qk_norm alone no longer is: a Llama shape with QK-norm exports as Qwen3.)
-    model = GPT(ModelConfig(**{**BASE, **LLAMA, "mlp": "relu2"}))
+    # (qk_norm alone or ReLU² alone no longer is: they export as Qwen3 and Arcee.)
+    model = GPT(ModelConfig(**{**BASE, **LLAMA, "mlp": "relu2", "qk_norm": True}))
     with pytest.raises(ScratchLMError, match="mlp = 'relu2'"):
         save_hf_model(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

@@ -8,6 +8,7 @@ does, with hf_model the export of the same base (runs.hf.export_hf_run).
 
     Llama   every layer of ours is a module there: q -> model.layers.N.self_attn.q_proj, k, v,
             o -> o_proj, gate -> mlp.gate_proj, up, down -> mlp.down_proj: name for name.
+    Arcee   the same names; its ReLU² MLP has no gate, and our up is all of c_fc there too.
     GPT-2   q, k and v share one module, attn.c_attn (a Conv1D: fan_in_fan_out), as in ours.
             Their adapters become one of rank (number of them) x r: A stacked, B block-diagonal
             with zero rows for the parts not adapted, and lora_alpha raised alike, so the scale
@@ -34,7 +35,7 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
 from scratchlm.finetune.lora import LoRAAdapter, adaptable_layers, lora_adapters, lora_config
 from scratchlm.model import GPT
-from scratchlm.model.hf_format import Architecture, hf_architecture
+from scratchlm.model.hf_format import HF_CLASSES, Architecture, hf_architecture
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -58,7 +59,7 @@ _GPT2_MODULES = {
     "up": "mlp.c_fc",
     "down": "mlp.c_proj",
 }
-_BLOCK_PREFIX = {"llama": "model.layers.", "gpt2": "transformer.h."}
+_BLOCK_PREFIX = {"llama": "model.layers.", "arcee": "model.layers.", "gpt2": "transformer.h."}
 
 
 @dataclass
@@ -79,8 +80,8 @@ def export_peft_adapter(
     adapter_model.safetensors) for the Hugging Face export of its base model.
 
     base_model_name_or_path goes into the config for `peft` to find the base (default: the
-    base's name in the adapter). The model must be GPT-2- or Llama-shaped (what export_hf_run
-    exports); merged or not, the adapter is the same.
+    base's name in the adapter). The model must be GPT-2-, Llama- or Arcee-shaped (export_hf_run
+    exports the others too, but not this adapter); merged or not, the adapter is the same.
     """
     config = lora_config(model)
     if config is None:
@@ -88,8 +89,9 @@ def export_peft_adapter(
     arch = hf_architecture(model.config)  # a ScratchLMError for a model with no HF equivalent
     if arch not in _BLOCK_PREFIX:
         raise ScratchLMError(
-            f"a PEFT adapter is written for GPT-2- and Llama-shaped models so far, and this one "
-            f"exports as {arch}; `scratchlm export RUN --format hf` writes its merged weights"
+            "a PEFT adapter is written for GPT-2-, Llama- and Arcee-shaped models so far, and "
+            f"this one exports as {HF_CLASSES[arch]}; `scratchlm export RUN --format hf` writes "
+            "its merged weights"
         )
     modules = _peft_modules(model, arch)
     tensors: dict[str, Tensor] = {}
@@ -141,13 +143,13 @@ def export_peft_adapter(
 
 def _peft_modules(model: GPT, arch: Architecture) -> dict[str, _PeftModule]:
     """The transformers modules our adapters land in, in model order."""
-    names = _LLAMA_MODULES if arch == "llama" else _GPT2_MODULES
+    names = _GPT2_MODULES if arch == "gpt2" else _LLAMA_MODULES
     ours = {layer.name: layer.module for layer in adaptable_layers(model)}
     modules: dict[str, _PeftModule] = {}
     for layer, adapter in lora_adapters(model).items():
         block, kind = layer.split(".")[2], layer.rsplit(".", 1)[1]  # transformer.h.N.attn.q
         name = f"{_BLOCK_PREFIX[arch]}{block}.{names[kind]}"
-        if arch == "llama":
+        if arch != "gpt2":
             # A module of its own: its rows are this layer's, from 0.
             modules[name] = _PeftModule(adapter.stop - adapter.start, [(0, adapter)])
         else:
@@ -179,6 +181,6 @@ def _target_modules(names: list[str], arch: Architecture, n_layer: int) -> list[
         by_kind.setdefault(name.removeprefix(prefix).split(".", 1)[1], []).append(name)
     targets: list[str] = []
     for kind, full in by_kind.items():
-        short = kind.split(".")[-1] if arch == "llama" else kind  # GPT-2 has two c_proj
+        short = kind if arch == "gpt2" else kind.split(".")[-1]  # GPT-2 has two c_proj
         targets += [short] if len(full) == n_layer else full
     return targets

@@ -1,21 +1,23 @@
-"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2, Llama, Qwen3 or GPT-NeoX
-checkpoint.
+"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2, Llama, Qwen3, Arcee or
+GPT-NeoX checkpoint.
 
 A Hugging Face model folder holds config.json (the architecture and its shape) and
 model.safetensors (the weights, under transformers' names), or shards of it listed in
-model.safetensors.index.json. Four architectures map onto our GPT; GPT-2 here, the others in
-modules of their own (hf_llama.py, hf_qwen3.py, hf_neox.py; hf_fields.py checks config.json):
+model.safetensors.index.json. Five architectures map onto our GPT; GPT-2 here, the others in
+modules of their own (hf_llama.py, hf_qwen3.py, hf_arcee.py, hf_neox.py; hf_fields.py checks
+config.json):
 
     GPT2LMHeadModel   learned positions, LayerNorm with biases, GELU MLP, multi-head attention.
                       Same tensor names as ours; its Conv1D layers store weights as (in, out),
                       the transpose of nn.Linear's.
     LlamaForCausalLM  RoPE, RMSNorm, SwiGLU, grouped-query attention (hf_llama.py).
     Qwen3ForCausalLM  Llama with QK-norm (hf_qwen3.py).
+    ArceeForCausalLM  Llama with a ReLU² MLP, no gate (hf_arcee.py).
     GPTNeoXForCausalLM  RoPE with LayerNorm and GELU (hf_neox.py), the demo recipe's shape.
 
 An export takes the first of them that computes exactly what the model does (hf_architecture);
-a model no architecture fits (ReLU², logit soft-capping, sliding windows) gets one line naming
-the options and the closest architecture.
+a model no architecture fits (QK-norm with ReLU², logit soft-capping, sliding windows) gets one
+line naming the options and the closest architecture.
 
 The public functions the GGUF reader (gguf_format.py) builds on: `llama_config_to_model_config`
 (a config.json dict -> ModelConfig) and `gpt_from_hf_state_dict` (HF-named tensors -> GPT).
@@ -37,7 +39,7 @@ from torch import Tensor
 from scratchlm.core.atomic_files import fsync_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
-from scratchlm.model import hf_neox, hf_qwen3
+from scratchlm.model import hf_arcee, hf_neox, hf_qwen3
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.hf_fields import CONFIG_FILE, expect_field, int_field, validated_config
@@ -49,19 +51,21 @@ from scratchlm.model.hf_llama import (
 )
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 
-Architecture = Literal["gpt2", "llama", "qwen3", "gpt_neox"]
+Architecture = Literal["gpt2", "llama", "qwen3", "arcee", "gpt_neox"]
 
 # transformers' class of each architecture, and the name the messages use.
 HF_CLASSES: dict[Architecture, str] = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "arcee": "ArceeForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
 }
 _NAMES: dict[Architecture, str] = {
     "gpt2": "GPT-2",
     "llama": "Llama",
     "qwen3": "Qwen3",
+    "arcee": "Arcee",
     "gpt_neox": "GPT-NeoX",
 }
 
@@ -77,7 +81,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 def hf_architecture(config: ModelConfig) -> Architecture:
     """The transformers architecture that computes exactly what `config` does: the first that
-    fits of gpt2, llama, qwen3, gpt_neox; a one-line ScratchLMError (hf_export_problem) when
+    fits of gpt2, llama, qwen3, arcee, gpt_neox; a one-line ScratchLMError (hf_export_problem) when
     none does."""
     needs = _needed_changes(config)
     for arch, changes in needs.items():
@@ -120,6 +124,7 @@ def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any
         "gpt2": gpt2,
         "llama": llama,
         "qwen3": hf_qwen3.qwen3_requirements(config),
+        "arcee": hf_arcee.arcee_requirements(config),
         "gpt_neox": hf_neox.neox_requirements(config),
     }
 
@@ -134,10 +139,10 @@ def _needed_changes(config: ModelConfig) -> dict[Architecture, dict[str, tuple[A
 
 def _problem(needs: dict[Architecture, dict[str, tuple[Any, Any]]]) -> str:
     """One line: the options no architecture has, then each architecture's changes, the
-    closest (fewest changes; the earlier on a tie) first."""
+    closest first (fewest changes; the earlier on a tie)."""
     nowhere = set.intersection(*(set(changes) for changes in needs.values()))
-    closest = min(needs, key=lambda arch: len(needs[arch]))
-    order = [closest, *(arch for arch in needs if arch != closest)]
+    order = sorted(needs, key=lambda arch: len(needs[arch]))  # stable: ties keep preference
+    closest = order[0]
 
     def changes(arch: Architecture) -> str:
         listed = (f"{key} = {have!r} to {want!r}" for key, (have, want) in needs[arch].items())
@@ -197,7 +202,7 @@ def gpt2_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE)
 
 
 def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
-    """A ModelConfig from a config.json of any of the four architectures (by its model_type)."""
+    """A ModelConfig from a config.json of any of the five architectures (by its model_type)."""
     arch = _model_type(hf, where)
     if arch == "gpt2":
         return gpt2_config_to_model_config(hf, where)
@@ -205,7 +210,8 @@ def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -
         return llama_config_to_model_config(hf, where)
     if arch == "qwen3":
         return hf_qwen3.qwen3_config_to_model_config(hf, where)
-
+    if arch == "arcee":
+        return hf_arcee.arcee_config_to_model_config(hf, where)
     return hf_neox.neox_config_to_model_config(hf, where)
 
 
@@ -237,9 +243,9 @@ def gpt_from_hf_state_dict(
     state: Mapping[str, Tensor],
     where: str = "Hugging Face checkpoint",
 ) -> GPT:
-    """A GPT from transformers-named tensors (GPT-2, Llama, Qwen3 or GPT-NeoX names, told apart
-    by the config's model_type, or for a ModelConfig by the tensor names and its qk_norm),
-    loaded without a second copy.
+    """A GPT from transformers-named tensors (GPT-2, Llama, Qwen3, Arcee or GPT-NeoX names, told
+    apart by the config's model_type, or for a ModelConfig by the tensor names and its qk_norm
+    and mlp), loaded without a second copy.
 
     `config` is a config.json dict or a ModelConfig. Unknown tensors and wrong shapes are one
     ScratchLMError naming the tensor.
@@ -250,7 +256,7 @@ def gpt_from_hf_state_dict(
         if "gpt_neox.embed_in.weight" in state:
             arch = "gpt_neox"
         elif "model.embed_tokens.weight" in state:
-            arch = "qwen3" if config.qk_norm else "llama"
+            arch = "qwen3" if config.qk_norm else "arcee" if config.mlp == "relu2" else "llama"
         else:
             arch = "gpt2"
     else:
@@ -258,7 +264,7 @@ def gpt_from_hf_state_dict(
         model_config = hf_config_to_model_config(config, where)
     if arch == "gpt2":
         ours = _gpt_names_from_gpt2(state, where)
-    elif arch == "llama":
+    elif arch in ("llama", "arcee"):  # Arcee's: Llama's without gate_proj (by config.mlp)
         ours = gpt_names_from_llama(model_config, state, where)
     elif arch == "qwen3":
         ours = hf_qwen3.gpt_names_from_qwen3(model_config, state, where)
@@ -288,6 +294,12 @@ def hf_model(model: GPT) -> tuple[Architecture, dict[str, Any], dict[str, Tensor
         return arch, model_config_to_gpt2_config(model.config), gpt2_state_dict_from_gpt(model)
     if arch == "llama":
         return arch, model_config_to_llama_config(model.config), llama_state_dict_from_gpt(model)
+    if arch == "arcee":  # Llama's tensors without gate_proj (by config.mlp)
+        return (
+            arch,
+            hf_arcee.model_config_to_arcee_config(model.config),
+            llama_state_dict_from_gpt(model),
+        )
     if arch == "qwen3":
         return (
             arch,
@@ -408,7 +420,7 @@ def read_hf_weights(folder: Path | str) -> dict[str, Tensor]:
 
 
 def load_hf_model(folder: Path | str) -> GPT:
-    """A GPT from a Hugging Face GPT-2, Llama, Qwen3 or GPT-NeoX folder (config.json +
+    """A GPT from a Hugging Face GPT-2, Llama, Qwen3, Arcee or GPT-NeoX folder (config.json +
     safetensors weights)."""
     folder = Path(folder)
     hf_config = read_hf_config(folder)

@@ -1,11 +1,13 @@
 """LlamaForCausalLM: RoPE (rotate-half, the layout of our apply_rope), RMSNorm, SwiGLU,
 grouped-query attention. Its q/k/v and gate/up matrices are separate; ours are fused:
-c_attn = [q; k; v] (C + 2·K·D rows), c_fc = [gate; up]. The GGUF reader and Qwen3 build on it."""
+c_attn = [q; k; v] (C + 2·K·D rows), c_fc = [gate; up]. The GGUF reader, Qwen3 and Arcee build
+on it; Arcee's MLP is ReLU² (mlp = "relu2"), with up_proj alone as c_fc, which the tensor
+mappings here follow from the config's mlp."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -54,9 +56,18 @@ def model_config_to_llama_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -> ModelConfig:
-    """A ModelConfig from a Llama config.json (transformers 4.x or 5.x keys)."""
-    expect_field(hf, "hidden_act", ("silu",), where, "silu")
+# Our MLP kind -> the hidden_act of its config.json (Llama's SwiGLU, Arcee's ReLU²).
+HIDDEN_ACT = {"swiglu": "silu", "relu2": "relu2"}
+
+
+def llama_config_to_model_config(
+    hf: Mapping[str, Any],
+    where: str = CONFIG_FILE,
+    mlp: Literal["swiglu", "relu2"] = "swiglu",
+) -> ModelConfig:
+    """A ModelConfig from a Llama config.json (transformers 4.x or 5.x keys), or with
+    mlp="relu2" from an Arcee one (the same keys, hidden_act "relu2")."""
+    expect_field(hf, "hidden_act", (HIDDEN_ACT[mlp],), where, HIDDEN_ACT[mlp])
     n_embd = int_field(hf, "hidden_size", where)
     n_head = int_field(hf, "num_attention_heads", where)
     n_kv_head = int(hf.get("num_key_value_heads") or n_head)
@@ -99,7 +110,7 @@ def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE
         n_head=n_head,
         n_kv_head=0 if n_kv_head == n_head else n_kv_head,  # 0: one per query head
         n_embd=n_embd,
-        mlp="swiglu",
+        mlp=mlp,
         mlp_hidden=int_field(hf, "intermediate_size", where),
         norm="rmsnorm",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
@@ -112,8 +123,15 @@ def llama_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE
     return validated_config(config, where)
 
 
+def _mlp_inputs(config: ModelConfig) -> tuple[str, ...]:
+    """The MLP's input projections in the order of c_fc's rows: [gate; up] for SwiGLU, up
+    alone for ReLU² (Arcee)."""
+    return ("gate_proj", "up_proj") if config.mlp == "swiglu" else ("up_proj",)
+
+
 def llama_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
-    """LlamaForCausalLM's tensors for a Llama-shaped model: fused matrices split again."""
+    """LlamaForCausalLM's (or ArceeForCausalLM's) tensors for a Llama-shaped (or Arcee-shaped)
+    model: fused matrices split again."""
     config = model.config
     C, KD = config.n_embd, config.kv_heads * config.head_dim
     ours = model.state_dict()
@@ -128,9 +146,9 @@ def llama_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
             state[f"{dst}self_attn.k_proj.{kind}"] = k
             state[f"{dst}self_attn.v_proj.{kind}"] = v
             state[f"{dst}self_attn.o_proj.{kind}"] = ours[f"{src}attn.c_proj.{kind}"]
-            gate, up = ours[f"{src}mlp.c_fc.{kind}"].chunk(2)
-            state[f"{dst}mlp.gate_proj.{kind}"] = gate
-            state[f"{dst}mlp.up_proj.{kind}"] = up
+            inputs = _mlp_inputs(config)
+            parts = ours[f"{src}mlp.c_fc.{kind}"].chunk(len(inputs))
+            state |= {f"{dst}mlp.{p}.{kind}": t for p, t in zip(inputs, parts, strict=True)}
             state[f"{dst}mlp.down_proj.{kind}"] = ours[f"{src}mlp.c_proj.{kind}"]
     state["model.norm.weight"] = ours["transformer.ln_f.weight"]
     if not config.tie_embeddings:
@@ -141,6 +159,8 @@ def llama_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
 def gpt_names_from_llama(
     config: ModelConfig, state: Mapping[str, Tensor], where: str
 ) -> dict[str, Tensor]:
+    """Our names for LlamaForCausalLM's tensors (ArceeForCausalLM's for mlp = "relu2"): the
+    separate matrices fused again. A missing or left-over tensor is one ScratchLMError."""
     remaining = dict(state)
 
     def take(name: str) -> Tensor:
@@ -159,7 +179,7 @@ def gpt_names_from_llama(
             )
             ours[f"{dst}attn.c_proj.{kind}"] = take(f"{src}self_attn.o_proj.{kind}")
             ours[f"{dst}mlp.c_fc.{kind}"] = torch.cat(
-                [take(f"{src}mlp.gate_proj.{kind}"), take(f"{src}mlp.up_proj.{kind}")]
+                [take(f"{src}mlp.{proj}.{kind}") for proj in _mlp_inputs(config)]
             )
             ours[f"{dst}mlp.c_proj.{kind}"] = take(f"{src}mlp.down_proj.{kind}")
     ours["transformer.ln_f.weight"] = take("model.norm.weight")
@@ -169,7 +189,8 @@ def gpt_names_from_llama(
     left = [name for name in remaining if not name.endswith("rotary_emb.inv_freq")]
     if left:
         raise ScratchLMError(
-            f"{where}: tensor {left[0]} has no place in a {config.n_layer}-layer Llama model "
+            f"{where}: tensor {left[0]} has no place in a {config.n_layer}-layer "
+            f"{'Arcee' if config.mlp == 'relu2' else 'Llama'} model "
             f"({len(left)} such tensors)"
         )
     return ours
