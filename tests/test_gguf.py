@@ -20,14 +20,8 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.chat_template import render_chat
 from scratchlm.runs import gguf_file as gguf_format
 from scratchlm.runs import gguf_runs
-from scratchlm.runs.gguf_file import (
-    GGUFModel,
-    dequantize,
-    permute_rope,
-    read_gguf,
-    unpermute_rope,
-    write_gguf,
-)
+from scratchlm.runs.gguf_architectures import hf_state_from_gguf, permute_rope, unpermute_rope
+from scratchlm.runs.gguf_file import GGUFModel, dequantize, read_gguf, write_gguf
 from scratchlm.runs.pretrained import fetch_smollm2_gguf, pretrained_run
 from scratchlm.tokenizer import gguf_vocab
 from scratchlm.tokenizer.gguf_vocab import SMOLLM_SPLIT_PATTERN
@@ -563,15 +557,15 @@ def test_truncated_gguf(tmp_path: Path) -> None:
 
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
-    path = tmp_path / "gpt2.gguf"
-    writer = gguf.GGUFWriter(path, "gpt2")
+    path = tmp_path / "bloom.gguf"
+    writer = gguf.GGUFWriter(path, "bloom")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ScratchLMError, match="architecture 'gpt2' is not supported"):
+    with pytest.raises(ScratchLMError, match="architecture 'bloom' is not supported"):
         read_gguf(path)
 
 
@@ -606,8 +600,15 @@ def test_unsupported_quantisation(tmp_path: Path) -> None:
 
 
 def test_unknown_tensor_and_pre_tokenizer() -> None:
+    config, state = _tiny_llama(True, vocab_size=300)
+    in_file = {
+        name: torch.zeros(1)
+        for name in ["token_embd.weight", "output_norm.weight", "blk.0.ffn_gate_exps.weight"]
+    }
+    with pytest.raises(ScratchLMError, match=r"tensor blk\.0\.attn_norm\.weight is missing"):
+        hf_state_from_gguf(config, state, in_file)
     with pytest.raises(ScratchLMError, match=r"blk\.0\.ffn_gate_exps\.weight has no place"):
-        gguf_format.hf_tensor_name("blk.0.ffn_gate_exps.weight", 2)
+        hf_state_from_gguf(config, {"model.embed_tokens.weight": torch.zeros(1)}, in_file)
     with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.model is 'llama'"):
         gguf_vocab.tokenizer_from_metadata({"tokenizer.ggml.model": "llama"})
     with pytest.raises(ScratchLMError, match=r"tokenizer\.ggml\.pre is 'qwen2'"):

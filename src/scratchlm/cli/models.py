@@ -25,13 +25,17 @@ def register(commands: Any) -> None:
         required=True,
         choices=MODEL_EXPORT_FORMATS,
         help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
-        "loads as GPT2LMHeadModel or LlamaForCausalLM; gguf: one file for llama.cpp "
-        "(Llama-shaped models); peft: a LoRA run's adapter as a PEFT adapter folder for "
-        "the hf export of its base model",
+        "loads as GPT-2, Llama, Qwen3, Arcee or GPT-NeoX, whichever computes the model; gguf: "
+        "one file of the same architecture for llama.cpp; peft: a LoRA run's adapter as a PEFT "
+        "adapter folder for the hf export of its base model",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (hf) or file (gguf)")
     p.add_argument(
-        "--dtype", choices=("f32", "f16"), default="f32", help="gguf: weight matrices' type"
+        "--dtype",
+        choices=("f32", "f16", "q8_0", "q4_0", "q4_1"),  # runs.gguf_file.GGUF_DTYPES
+        default="f32",
+        help="gguf: the weight matrices' type: float, or llama.cpp's 8- or 4-bit blocks (q4_x "
+        "keeps the output projection in q8_0)",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the latest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -41,8 +45,9 @@ def register(commands: Any) -> None:
     p.add_argument(
         "format",
         choices=MODEL_IMPORT_FORMATS,
-        help="hf: a Hugging Face GPT-2 or Llama folder (config.json, model.safetensors, "
-        "tokenizer.json); gguf: a llama.cpp file of a Llama model (f32, f16 or quantised)",
+        help="hf: a Hugging Face GPT-2, Llama, Qwen3, Arcee or GPT-NeoX folder (config.json, "
+        "model.safetensors, tokenizer.json); gguf: a llama.cpp file of one of those "
+        "architectures (f32, f16 or quantised)",
     )
     p.add_argument("source", type=Path, help="the folder or file to import")
     p.add_argument("--out", required=True, type=Path, help="the run directory to create")

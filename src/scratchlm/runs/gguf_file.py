@@ -1,30 +1,14 @@
-"""GGUF, llama.cpp's single-file model format: import a Llama-architecture model, export one.
+"""GGUF, llama.cpp's single-file model format: import a model, export one.
 
 A GGUF file is a header of typed key/value metadata followed by named tensors, each stored in
-one of ggml's types (f32, f16, or a block quantisation such as Q4_1: 32 weights share a scale
-and a minimum, 4 bits each). We read and write it with the `gguf` package (llama.cpp's own
-Python reader), and translate between its vocabulary and Hugging Face's:
+one of ggml's types (f32, f16, or a block quantisation such as Q8_0 or Q4_1: 32 weights share a
+scale, and for Q4_1 a minimum, 8 or 4 bits each). We read and write it with the `gguf` package
+(llama.cpp's own Python library). Its content is a Hugging Face model in llama.cpp's names
+(scratchlm.runs.gguf_architectures: Llama, Qwen3, Arcee, GPT-NeoX, GPT-2), so a file reads into
+a config.json dict and HF-named tensors, and is written from the same.
 
-    GGUF                               Hugging Face Llama (config.json, state dict)
-    llama.block_count                  num_hidden_layers
-    llama.embedding_length             hidden_size
-    llama.feed_forward_length          intermediate_size
-    llama.attention.head_count(_kv)    num_attention_heads, num_key_value_heads
-    llama.rope.freq_base               rope_theta
-    llama.attention.layer_norm_rms_epsilon   rms_norm_eps
-    token_embd / output_norm / output  model.embed_tokens / model.norm / lm_head
-    blk.N.attn_q|k|v|output            model.layers.N.self_attn.q|k|v|o_proj
-    blk.N.ffn_gate|up|down             model.layers.N.mlp.gate|up|down_proj
-    blk.N.attn_norm / ffn_norm         model.layers.N.input_layernorm / post_attention_layernorm
-
-Two details are easy to get wrong:
-
-* RoPE layout. Hugging Face rotates the two halves of each head (dimension i with i + d/2);
-  llama.cpp rotates adjacent pairs (2i with 2i + 1). llama.cpp's converter therefore reorders
-  the rows of q_proj and k_proj inside every head so that row i + d/2 follows row i. We undo
-  that on import and redo it on export, so HF names always hold HF-layout weights.
-* Tensor shapes. GGUF lists dimensions innermost first ([in, out]); numpy's order is
-  [out, in], which is already PyTorch's nn.Linear layout, so no transpose is needed.
+GGUF lists a tensor's dimensions innermost first ([in, out]); numpy's order is [out, in], which
+is already nn.Linear's, so no transpose is needed.
 
 The tokenizer is stored as metadata too (scratchlm.tokenizer.gguf_vocab reads and writes it);
 scratchlm.runs.gguf_runs turns a file into a run directory and back.
@@ -33,8 +17,7 @@ scratchlm.runs.gguf_runs turns a file into a run directory and back.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +27,13 @@ import torch
 from scratchlm.core.atomic_files import atomic_path
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_files import read_bytes
+from scratchlm.runs.gguf_architectures import (
+    add_hparams,
+    gguf_architecture,
+    gguf_tensors,
+    hf_config_from_metadata,
+    hf_state_from_gguf,
+)
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.gguf_vocab import (
     add_tokenizer_metadata,
@@ -52,38 +42,16 @@ from scratchlm.tokenizer.gguf_vocab import (
 )
 
 GGUF_MAGIC = b"GGUF"
-ARCHITECTURE = "llama"
 
-# A layer's tensors: GGUF's name after "blk.N." -> Hugging Face's after "model.layers.N.".
-_LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_REQUIRED_LAYER_TENSORS = [k for k in _LAYER_TENSORS if k.endswith(".weight")]
-_LAYER_NAME = re.compile(r"blk\.(\d+)\.(.+)")
+# The types a GGUF export can store its weight matrices in (`scratchlm export --dtype`).
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 
 
 class GGUFModel(NamedTuple):
     """What a GGUF file holds, in the terms the rest of scratchlm (and Hugging Face) uses."""
 
-    config: dict[str, Any]  # a Llama config.json
-    state_dict: dict[str, torch.Tensor]  # HF Llama names, float32, HF RoPE layout
+    config: dict[str, Any]  # a config.json of the file's architecture
+    state_dict: dict[str, torch.Tensor]  # HF names, float32, HF layouts
     tokenizer: BPETokenizer
     chat_template: str | None
 
@@ -92,23 +60,52 @@ class GGUFModel(NamedTuple):
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFModel:
-    """Read a Llama-architecture GGUF: config, float32 HF-named weights, tokenizer, template.
+    """Read a GGUF of one of our architectures: config, float32 HF-named weights, tokenizer,
+    chat template.
 
     Anything we cannot import faithfully (another architecture, a tensor type the gguf package
-    cannot dequantise, an unknown tensor, a tokenizer that is not byte-level BPE, a
+    cannot dequantise, an unknown or missing tensor, a tokenizer that is not byte-level BPE, a
     pre-tokenizer we have no regex for) raises a one-line ScratchLMError naming the file.
     """
     path = Path(path)
     reader = open_gguf(path)
     try:
         metadata = _metadata(reader)
-        config = llama_config(metadata, {t.name for t in reader.tensors})
+        tensors = _check_types({t.name: t for t in reader.tensors})
+        cache: dict[str, torch.Tensor] = {}
+
+        def tensor(name: str) -> torch.Tensor | None:
+            if name not in tensors:
+                return None
+            if name not in cache:
+                cache[name] = _dequantized(tensors[name])
+            return cache[name]
+
+        config = hf_config_from_metadata(metadata, set(tensors), tensor)
         tokenizer = tokenizer_from_metadata(metadata)  # before the slow part, to fail fast
-        state_dict = _read_tensors(reader, config)
+        expected = _hf_names(config)
+        for name in tensors:
+            tensor(name)
+        state_dict = hf_state_from_gguf(config, expected, cache)
     except ScratchLMError as e:
         raise ScratchLMError(f"{path}: {e}") from None
     template = metadata.get("tokenizer.chat_template")
     return GGUFModel(config, state_dict, tokenizer, template if isinstance(template, str) else None)
+
+
+def _hf_names(config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The HF state dict a model of `config` has, on the meta device: its names are what the
+    file's tensors must be renamed to."""
+    from scratchlm.model.gpt import GPT
+    from scratchlm.model.hf_format import hf_config_to_model_config, hf_model
+
+    model_config = hf_config_to_model_config(config)
+    with torch.device("meta"):
+        model = GPT(model_config)
+    arch, _, state = hf_model(model)
+    if arch != config["model_type"]:  # each architecture's options exclude the others'
+        raise ScratchLMError(f"a {config['model_type']} file holds a {arch}-shaped model")
+    return state
 
 
 def open_gguf(path: Path) -> Any:
@@ -144,66 +141,6 @@ def _metadata(reader: Any) -> dict[str, Any]:
     return {name: field.contents() for name, field in reader.fields.items()}
 
 
-def llama_config(metadata: Mapping[str, Any], tensor_names: Iterable[str]) -> dict[str, Any]:
-    """A Hugging Face Llama config.json (as a dict) from GGUF metadata."""
-    arch = metadata.get("general.architecture")
-    if arch != ARCHITECTURE:
-        raise ScratchLMError(
-            f"architecture {arch!r} is not supported; scratchlm imports only {ARCHITECTURE!r} "
-            "GGUF files"
-        )
-
-    def get(key: str, default: Any = None) -> Any:
-        value = metadata.get(f"{arch}.{key}", default)
-        if value is None:
-            raise ScratchLMError(f"metadata key {arch}.{key} is missing")
-        return value
-
-    names = set(tensor_names)
-    scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None) or "rope_freqs.weight" in names:
-        raise ScratchLMError(
-            f"RoPE scaling ({scaling if scaling != 'none' else 'rope_freqs.weight'}) is not "
-            "supported; only plain RoPE models can be imported"
-        )
-    hidden = int(get("embedding_length"))
-    heads = int(get("attention.head_count"))
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    vocab_size = metadata.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
-    if vocab_size is None:
-        raise ScratchLMError(f"metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
-    config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": int(vocab_size),
-        "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_hidden_layers": int(get("block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "head_dim": int(get("attention.key_length", hidden // heads)),
-        "max_position_embeddings": int(get("context_length")),
-        "rms_norm_eps": _shortest(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": _shortest(get("rope.freq_base", 10000.0)),
-        "hidden_act": "silu",
-        "attention_bias": "blk.0.attn_q.bias" in names,
-        "mlp_bias": False,
-        "tie_word_embeddings": "output.weight" not in names,
-        "torch_dtype": "float32",
-    }
-    for key in ("bos", "eos", "padding"):
-        token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
-        if token_id is not None:
-            config[f"{'pad' if key == 'padding' else key}_token_id"] = int(token_id)
-    return config
-
-
-def _shortest(value: float) -> float:
-    """A float32 from the file as the shortest decimal that is the same float32: GGUF stores
-    1e-5 as 9.999999747378752e-06, and config.json should say 1e-05 as the model's did."""
-    return float(str(np.float32(value)))
-
-
 def _supported_types() -> dict[int, str]:
     import gguf
     from gguf.quants import _type_traits  # the block formats gguf.quants can dequantise
@@ -213,14 +150,12 @@ def _supported_types() -> dict[int, str]:
     return {int(t): t.name for t in [*plain, *_type_traits]}
 
 
-def _read_tensors(reader: Any, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def _check_types(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Every tensor's type checked before anything is dequantised: a bad file fails fast."""
     import gguf
 
-    # Check every tensor's type and name before dequantising anything: a bad file fails fast.
     supported = _supported_types()
-    layers = config["num_hidden_layers"]
-    names: dict[str, str] = {}
-    for tensor in reader.tensors:
+    for tensor in tensors.values():
         kind = int(tensor.tensor_type)
         if kind not in supported:
             try:
@@ -231,27 +166,13 @@ def _read_tensors(reader: Any, config: Mapping[str, Any]) -> dict[str, torch.Ten
                 f"tensor {tensor.name} is stored as {kind_name}, which the gguf package cannot "
                 f"dequantise; supported: {', '.join(sorted(set(supported.values())))}"
             )
-        names[tensor.name] = hf_tensor_name(tensor.name, layers)
-    for n in range(layers):
-        for suffix in _REQUIRED_LAYER_TENSORS:
-            if f"blk.{n}.{suffix}" not in names:
-                raise ScratchLMError(f"tensor blk.{n}.{suffix} is missing")
-    for name in ("token_embd.weight", "output_norm.weight"):
-        if name not in names:
-            raise ScratchLMError(f"tensor {name} is missing")
+    return tensors
 
-    state_dict: dict[str, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        # GGUF lists dimensions innermost first; numpy's (and nn.Linear's) order is reversed.
-        shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-        weight = dequantize(tensor.data, int(tensor.tensor_type)).reshape(shape)
-        hf_name = names[tensor.name]
-        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            weight = unpermute_rope(weight, config["num_attention_heads"])
-        elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            weight = unpermute_rope(weight, config["num_key_value_heads"])
-        state_dict[hf_name] = weight.contiguous()
-    return state_dict
+
+def _dequantized(tensor: Any) -> torch.Tensor:
+    # GGUF lists dimensions innermost first; numpy's (and nn.Linear's) order is reversed.
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    return dequantize(tensor.data, int(tensor.tensor_type)).reshape(shape)
 
 
 # Block quantisations we decode ourselves, with torch, as (bytes per block, weights per block).
@@ -301,51 +222,6 @@ def dequantize(data: np.ndarray, ggml_type: int) -> torch.Tensor:
     return torch.from_numpy(values.reshape(-1))
 
 
-def hf_tensor_name(gguf_name: str, num_layers: int) -> str:
-    """The Hugging Face Llama name of GGUF tensor `gguf_name`; ScratchLMError if it has none."""
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    match = _LAYER_NAME.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_TENSORS and int(match.group(1)) < num_layers:
-        return f"model.layers.{match.group(1)}.{_LAYER_TENSORS[match.group(2)]}"
-    raise ScratchLMError(
-        f"tensor {gguf_name} has no place in a plain Llama model of {num_layers} layers"
-    )
-
-
-def gguf_tensor_name(hf_name: str) -> str:
-    """The GGUF name of Hugging Face Llama tensor `hf_name`; ScratchLMError if it has none."""
-    for gguf_name, name in _GLOBAL_TENSORS.items():
-        if hf_name == name:
-            return gguf_name
-    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
-    if match:
-        for suffix, name in _LAYER_TENSORS.items():
-            if match.group(2) == name:
-                return f"blk.{match.group(1)}.{suffix}"
-    raise ScratchLMError(f"tensor {hf_name} is not part of a Llama model; cannot write it to GGUF")
-
-
-def permute_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """HF's rotate-half row order -> llama.cpp's interleaved pairs, inside each head.
-
-    Per head of d rows, HF pairs row i with row i + d/2; llama.cpp wants them adjacent, so the
-    new order is 0, d/2, 1, d/2 + 1, ... (works for a weight matrix and for a bias).
-    """
-    rows = weight.shape[0]
-    half = rows // heads // 2
-    grouped = weight.reshape(heads, 2, half, *weight.shape[1:])
-    return grouped.transpose(1, 2).reshape(weight.shape)
-
-
-def unpermute_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """The inverse of permute_rope: llama.cpp's interleaved rows back to HF's halves."""
-    rows = weight.shape[0]
-    half = rows // heads // 2
-    grouped = weight.reshape(heads, half, 2, *weight.shape[1:])
-    return grouped.transpose(1, 2).reshape(weight.shape)
-
-
 # ------------------------------------------------------------------------------------ write
 
 
@@ -358,62 +234,96 @@ def write_gguf(
     dtype: str = "f32",
     name: str | None = None,
 ) -> None:
-    """Write a Llama-shaped model (HF config and names) and its tokenizer as a GGUF file.
+    """Write a model (a config.json dict and HF-named tensors of one of the architectures in
+    gguf_architectures) and its tokenizer as a GGUF file, atomically.
 
-    `dtype` is "f32" or "f16" for the weight matrices; norms and biases stay f32, as llama.cpp
-    expects. The file is written atomically.
+    `dtype` is the type of the weight matrices (GGUF_DTYPES); norms, biases and GPT-2's
+    position table stay f32, as llama.cpp's converter keeps them.
     """
     import gguf
 
-    if dtype not in ("f32", "f16"):
-        raise ScratchLMError(f"GGUF export dtype must be 'f32' or 'f16', got {dtype!r}")
-    if config.get("model_type", "llama") != "llama":
+    if dtype not in GGUF_DTYPES:
         raise ScratchLMError(
-            f"model_type {config.get('model_type')!r} cannot be written as a llama GGUF"
+            f"GGUF export dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}"
         )
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads", heads))
-    hidden = int(config["hidden_size"])
-    head_dim = int(config.get("head_dim") or hidden // heads)
+    arch = gguf_architecture(config)
     vocab_size = int(config["vocab_size"])
     check_ids_fit(tokenizer, vocab_size)
-
+    tied = bool(config.get("tie_word_embeddings", False))
+    # A tied model's head is token_embd itself; llama.cpp reuses it when output is absent.
+    state = {
+        k: v
+        for k, v in state_dict.items()
+        if not (tied and k in ("lm_head.weight", "embed_out.weight"))
+    }
     path = Path(path)
     with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+        writer = _writer(tmp, arch)
         writer.add_name(name or path.stem)
-        writer.add_file_type(
-            gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-        )
-        writer.add_vocab_size(vocab_size)
-        writer.add_context_length(int(config["max_position_embeddings"]))
-        writer.add_embedding_length(hidden)
-        writer.add_block_count(int(config["num_hidden_layers"]))
-        writer.add_feed_forward_length(int(config["intermediate_size"]))
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(kv_heads)
-        writer.add_rope_dimension_count(head_dim)
-        if head_dim != hidden // heads:
-            writer.add_key_length(head_dim)
-            writer.add_value_length(head_dim)
-        writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
-        writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+        writer.add_file_type(_file_types()[dtype])
+        add_hparams(writer, config)
         add_tokenizer_metadata(writer, tokenizer, vocab_size, config, chat_template)
-
-        tied = bool(config.get("tie_word_embeddings", "lm_head.weight" not in state_dict))
-        for hf_name, tensor in state_dict.items():
-            if hf_name == "lm_head.weight" and tied:
-                continue  # llama.cpp reuses token_embd when output.weight is absent
-            weight = tensor.detach().to(torch.float32).cpu()
-            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                weight = permute_rope(weight, heads)
-            elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                weight = permute_rope(weight, kv_heads)
-            array = weight.contiguous().numpy()
-            if dtype == "f16" and array.ndim == 2:
-                array = array.astype(np.float16)
-            writer.add_tensor(gguf_tensor_name(hf_name), array)
+        head = "output.weight" if not tied or arch == "gptneox" else "token_embd.weight"
+        for gguf_name, tensor in gguf_tensors(config, state):
+            array = tensor.numpy()
+            kind = _stored_type(gguf_name, array, dtype, head)
+            if kind == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(gguf_name, array)
+            elif kind == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(gguf_name, array.astype(np.float16))
+            else:
+                writer.add_tensor(gguf_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+
+
+def _writer(path: Path, arch: str) -> Any:
+    """A gguf.GGUFWriter that also writes empty arrays, which the format allows (a count of 0)
+    and llama.cpp reads, but the package refuses."""
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+            if vtype != gguf.GGUFValueType.ARRAY or len(val) > 0:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            packed = self._pack("I", vtype) if add_vtype else b""
+            return packed + self._pack("I", sub_type) + self._pack("Q", 0)
+
+    return Writer(path, arch)
+
+
+def _file_types() -> dict[str, Any]:
+    import gguf
+
+    kinds = gguf.LlamaFileType
+    return {
+        "f32": kinds.ALL_F32,
+        "f16": kinds.MOSTLY_F16,
+        "q8_0": kinds.MOSTLY_Q8_0,
+        "q4_0": kinds.MOSTLY_Q4_0,
+        "q4_1": kinds.MOSTLY_Q4_1,
+    }
+
+
+def _stored_type(name: str, array: np.ndarray, dtype: str, head: str) -> Any:
+    """The ggml type one tensor is written in.
+
+    As llama.cpp's converter and llama-quantize do: vectors, norms and position tables stay
+    f32; with Q4_0/Q4_1 the output projection (`head`: output.weight, or token_embd for a tied
+    model) is Q8_0, since 4-bit logits cost the most quality; a matrix whose rows are not whole
+    32-weight blocks falls back to f16.
+    """
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    if array.ndim <= 1 or name.endswith("_norm.weight") or name == "position_embd.weight":
+        return kinds.F32
+    if dtype in ("f32", "f16"):
+        return kinds.F32 if dtype == "f32" else kinds.F16
+    kind = {"q8_0": kinds.Q8_0, "q4_0": kinds.Q4_0, "q4_1": kinds.Q4_1}[dtype]
+    if kind != kinds.Q8_0 and name == head:
+        kind = kinds.Q8_0
+    block, _ = gguf.GGML_QUANT_SIZES[kind]
+    return kind if array.shape[-1] % block == 0 else kinds.F16

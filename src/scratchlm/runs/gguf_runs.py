@@ -1,8 +1,8 @@
 """GGUF files as scratchlm runs.
 
-`import_gguf_run` turns a Llama-architecture GGUF into an ordinary run directory (config.toml,
-tokenizer.json, a weights-only checkpoint, the chat template), so generate, eval and export
-work on it; `export_gguf_run` writes a run's Llama-shaped model back out.
+`import_gguf_run` turns a GGUF file (Llama, Qwen3, Arcee, GPT-NeoX or GPT-2) into an ordinary
+run directory (config.toml, tokenizer.json, a weights-only checkpoint, the chat template), so
+generate, eval and export work on it; `export_gguf_run` writes a run's model back out, in f32, f16 or quantised.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from scratchlm.core.atomic_files import atomic_write_text
-from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model import GPT
 from scratchlm.runs.gguf_file import GGUFModel, read_gguf, write_gguf
@@ -55,42 +54,38 @@ def export_gguf_run(
     checkpoint: str | os.PathLike[str] | None = None,
     dtype: str = "f32",
 ) -> GPT:
-    """Write the Llama-shaped model of a run (default: its latest checkpoint) as a GGUF file,
-    with its tokenizer and chat template; returns the model."""
-    from scratchlm.model.hf_format import (
-        HF_CLASSES,
-        hf_architecture,
-        llama_state_dict_from_gpt,
-        model_config_to_llama_config,
-    )
+    """Write the model of a run (default: its latest checkpoint) as a GGUF file, with its
+    tokenizer and chat template, in the architecture its HF export has (hf_model); returns
+    the model. `dtype`: the weight matrices' type (GGUF_DTYPES)."""
+    from scratchlm.model.hf_format import hf_model
 
     _, tokenizer, model = load_trained_model(
         Path(run_dir), Path(checkpoint) if checkpoint else None
     )
-    if (arch := hf_architecture(model.config)) != "llama":
-        raise ScratchLMError(
-            f"{run_dir} holds a {HF_CLASSES[arch]}-shaped model; GGUF export writes "
-            "Llama-shaped models (RoPE, RMSNorm, SwiGLU) so far; `scratchlm export "
-            f"{run_dir} --format hf` writes this one for transformers"
-        )
+    _, hf_config, state = hf_model(model)  # a model no architecture carries: one line
     template_path = RunPaths(Path(run_dir)).chat_template
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
+    roles = token_role_ids(Path(run_dir), tokenizer)
     write_gguf(
         out,
-        {
-            **model_config_to_llama_config(model.config),
-            **{
-                f"{role}_token_id": i
-                for role, i in token_role_ids(Path(run_dir), tokenizer).items()
-            },
-        },
-        llama_state_dict_from_gpt(model),
+        {**hf_config, **{f"{role}_token_id": i for role, i in roles.items()}},
+        state,
         tokenizer,
         chat_template=template,
         dtype=dtype,
         name=Path(run_dir).name,
     )
     return model
+
+
+# The embedding and head of each architecture (hf_format's names), padded on import.
+_EMBEDDINGS = (
+    "model.embed_tokens.weight",
+    "lm_head.weight",
+    "gpt_neox.embed_in.weight",
+    "embed_out.weight",
+    "transformer.wte.weight",
+)
 
 
 def _padded_to_tokenizer(model: GGUFModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -105,7 +100,7 @@ def _padded_to_tokenizer(model: GGUFModel) -> tuple[dict[str, Any], dict[str, to
     if extra <= 0:
         return model.config, model.state_dict
     state = dict(model.state_dict)
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    for name in _EMBEDDINGS:
         if name in state:
             weight = state[name]
             state[name] = torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])

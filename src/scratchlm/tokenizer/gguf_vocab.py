@@ -14,6 +14,7 @@ from typing import Any
 
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.tokenizer.bpe import BPETokenizer
+from scratchlm.tokenizer.char import CHAR_SPLIT_PATTERN
 from scratchlm.tokenizer.gpt2_format import (
     BYTE_TO_CHAR,
     byte_level_merges,
@@ -23,7 +24,9 @@ from scratchlm.tokenizer.gpt2_format import (
 )
 from scratchlm.tokenizer.patterns import (
     CL100K_SPLIT_PATTERN,
+    GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
+    O200K_SPLIT_PATTERN,
     R50K_SPLIT_PATTERN,
 )
 
@@ -41,17 +44,25 @@ _PRE_TOKENIZERS: dict[str, str] = {
     "smollm": SMOLLM_SPLIT_PATTERN,
     "starcoder": SMOLLM_SPLIT_PATTERN,
     "refact": SMOLLM_SPLIT_PATTERN,
-    "gpt2": R50K_SPLIT_PATTERN,
+    "gpt-2": R50K_SPLIT_PATTERN,
+    "gpt2": R50K_SPLIT_PATTERN,  # what scratchlm wrote before it knew llama.cpp's spelling
     "default": R50K_SPLIT_PATTERN,
     "llama-bpe": CL100K_SPLIT_PATTERN,
+    "gpt-4o": O200K_SPLIT_PATTERN,
 }
-# On export, the name llama.cpp knows for each of our patterns (cl100k's and our GPT-4 pattern
-# split exactly as llama.cpp's "llama-bpe" regex does).
+# On export, the name llama.cpp knows for each of our patterns: each splits text exactly as
+# llama.cpp's regex of that name does (GPT-2's and r50k's, GPT-4's and cl100k's are the same
+# splits; tests/test_llama_cpp.py checks tokenization against llama.cpp itself). A character
+# tokenizer has no merges across characters, so any split that keeps characters whole gives
+# the same tokens: GPT-2's does, and the exact pattern travels in PATTERN_KEY.
 _PRE_TOKENIZER_NAMES: dict[str, str] = {
     SMOLLM_SPLIT_PATTERN: "smollm",
-    R50K_SPLIT_PATTERN: "gpt2",
+    GPT2_SPLIT_PATTERN: "gpt-2",
+    R50K_SPLIT_PATTERN: "gpt-2",
     CL100K_SPLIT_PATTERN: "llama-bpe",
     GPT4_SPLIT_PATTERN: "llama-bpe",
+    O200K_SPLIT_PATTERN: "gpt-4o",
+    CHAR_SPLIT_PATTERN: "gpt-2",
 }
 
 # llama.cpp's token types (llama_token_type).
@@ -152,12 +163,14 @@ def add_tokenizer_metadata(
     config: Mapping[str, Any],
     chat_template: str | None,
 ) -> None:
+    from gguf import GGUFValueType
+
     pre = _PRE_TOKENIZER_NAMES.get(tokenizer.pattern)
     if pre is None:
         raise ScratchLMError(
             f"the tokenizer's split pattern {tokenizer.pattern!r} has no llama.cpp "
             "pre-tokenizer name, so a GGUF reader would split text differently; GGUF export "
-            "supports the gpt2, gpt4 (llama-bpe), cl100k and smollm patterns"
+            "supports the gpt2, r50k, gpt4, cl100k, o200k, smollm and character patterns"
         )
     specials = {token_id: name for name, token_id in tokenizer.special_tokens.items()}
     tokens: list[str] = []
@@ -178,7 +191,12 @@ def add_tokenizer_metadata(
     writer.add_string(PATTERN_KEY, tokenizer.pattern)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges([f"{a} {b}" for a, b in byte_level_merges(tokenizer)])
+    merges = [f"{a} {b}" for a, b in byte_level_merges(tokenizer)]
+    # llama.cpp needs the key even when it is empty (a character tokenizer of ASCII text has
+    # no merges), and GGUFWriter.add_array skips empty arrays (gguf_file.py's writer packs them).
+    writer.add_key_value(
+        "tokenizer.ggml.merges", merges, GGUFValueType.ARRAY, sub_type=GGUFValueType.STRING
+    )
     ids = {
         "bos": config.get("bos_token_id"),
         "eos": config.get("eos_token_id"),
