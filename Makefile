@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo chat test test-slow lint typecheck clean venv browser pdf-tools
+.PHONY: demo chat test test-slow lint typecheck clean venv browser pdf-tools llama-cpp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,26 @@ pdf-tools:
 test: $(STAMP) browser pdf-tools
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+# llama-cpp-python (pyproject's llama-cpp extra), which tests/test_llama_cpp.py loads our GGUF
+# exports in. PyPI has only its source, whose build takes ~10 minutes on 2 cores: the wheel is
+# built once into the scratchlm cache and installed from there. GGML_NATIVE=OFF (AVX2, no
+# AVX-512): the cached wheel must still run when the next machine has another CPU.
+WHEELS := $(or $(SCRATCHLM_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/scratchlm),$(HOME)/.cache/scratchlm)/wheels
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+
+LLAMA_CPP_VERSION := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | cut -d= -f3)
+
+llama-cpp: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
+	    echo "make llama-cpp: building llama-cpp-python $(LLAMA_CPP_VERSION) from source (~10 min)"; \
+	    CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/python -m pip wheel --quiet --no-deps --no-binary llama-cpp-python \
+	      --wheel-dir $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); } && \
+	  $(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[llama-cpp]'; }
+
+test-slow: $(STAMP) llama-cpp
 	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
