@@ -97,6 +97,11 @@ def test_make_demo_recipe_runs_on_tiny_settings(workdir: Path) -> None:
     result = run(scratchlm(export), workdir)
     assert result.returncode == 0, result.stderr
     assert "GPTNeoXForCausalLM" in result.stdout and (workdir / "hf" / "config.json").is_file()
+    # And to llama.cpp, as one GGUF file of the same architecture.
+    export = ["scratchlm", "export", "runs/demo", "--format", "gguf", "--out", "demo.gguf"]
+    result = run(scratchlm(export), workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "demo.gguf").read_bytes()[:4] == b"GGUF"
 
 
 def test_cli_tour_runs_as_written(workdir: Path) -> None:

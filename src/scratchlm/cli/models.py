@@ -67,11 +67,14 @@ def cmd_export(args: argparse.Namespace) -> None:
         )
         return
     if args.format == "gguf":
+        from scratchlm.model.hf_format import hf_architecture
+        from scratchlm.runs.gguf_architectures import GGUF_ARCHITECTURES
         from scratchlm.runs.gguf_runs import export_gguf_run
 
         model = export_gguf_run(args.run_dir, args.out, args.checkpoint, args.dtype)
+        arch = GGUF_ARCHITECTURES[hf_architecture(model.config)]
         print(
-            f"wrote {args.out}: a llama GGUF, {args.dtype} weights "
+            f"wrote {args.out}: a llama.cpp GGUF of architecture {arch}, {args.dtype} weights "
             f"({model.num_parameters():,} parameters)"
         )
         return
