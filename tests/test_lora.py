@@ -42,11 +42,18 @@ SHAPES: dict[str, dict[str, Any]] = {
     "gpt2": {},
     "llama-gqa": dict(LLAMA, n_kv_head=2, tie_embeddings=False),
 }
+# Shapes only the PEFT export is tested on (the rest of LoRA does not depend on them).
+PEFT_SHAPES: dict[str, dict[str, Any]] = {
+    **SHAPES,
+    "qwen3-gqa": dict(LLAMA, qk_norm=True, n_kv_head=2),
+    "gpt_neox": dict(pos_encoding="rope", mlp="gelu", bias=False),
+    "gpt_neox-bias": dict(pos_encoding="rope", mlp="gelu", tie_embeddings=False),
+}
 
 
 def tiny_gpt(shape: str = "llama-gqa", seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(**{**BASE, **SHAPES[shape]})).eval()
+    model = GPT(ModelConfig(**{**BASE, **PEFT_SHAPES[shape]})).eval()
     with torch.no_grad():  # norm gains and biases away from 1 and 0
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -330,7 +337,9 @@ def _tiny_run(tmp_path: Path, model: GPT) -> Path:
 @pytest.mark.parametrize(
     ("shape", "targets"),
     [("llama-gqa", ["q", "k", "v", "o", "gate", "up", "down"]), ("llama-gqa", ["transformer.h.1.attn.q", "v"]),
-     ("gpt2", ["q", "v", "o", "up", "down"]), ("gpt2", ["transformer.h.0.attn.k"])],
+     ("gpt2", ["q", "v", "o", "up", "down"]), ("gpt2", ["transformer.h.0.attn.k"]),
+     ("qwen3-gqa", ["q", "k", "v", "o", "gate", "up", "down"]),
+     ("gpt_neox", ["q", "k", "v", "o", "up", "down"]), ("gpt_neox-bias", ["k", "transformer.h.1.attn.q"])],
 )  # fmt: skip
 def test_peft_loads_the_export_onto_our_hf_export(
     shape: str, targets: list[str], tmp_path: Path
@@ -348,8 +357,7 @@ def test_peft_loads_the_export_onto_our_hf_export(
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 2 and config["lora_alpha"] == 5
 
-    hf_class = "LlamaForCausalLM" if shape.startswith("llama") else "GPT2LMHeadModel"
-    hf = getattr(transformers, hf_class).from_pretrained(tmp_path / "hf").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     idx = tokens(16)
     base = logits(hf, idx)
     assert not torch.allclose(base, logits(model, idx), atol=1e-3)  # the adapter matters

@@ -8,7 +8,12 @@ does, with hf_model the export of the same base (runs.hf.export_hf_run).
 
     Llama   every layer of ours is a module there: q -> model.layers.N.self_attn.q_proj, k, v,
             o -> o_proj, gate -> mlp.gate_proj, up, down -> mlp.down_proj: name for name.
+    Qwen3   the same names (its q and k norms are not adapted).
     Arcee   the same names; its ReLU² MLP has no gate, and our up is all of c_fc there too.
+    GPT-NeoX  q, k and v share attention.query_key_value (an nn.Linear), whose rows go head by
+            head (H, 3, D) where ours go q, k, v (3, H, D): as GPT-2's, with each adapter's B
+            rows scattered to where its rows are there. o -> attention.dense, up ->
+            mlp.dense_h_to_4h, down -> mlp.dense_4h_to_h.
     GPT-2   q, k and v share one module, attn.c_attn (a Conv1D: fan_in_fan_out), as in ours.
             Their adapters become one of rank (number of them) x r: A stacked, B block-diagonal
             with zero rows for the parts not adapted, and lora_alpha raised alike, so the scale
@@ -35,7 +40,7 @@ from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
 from scratchlm.finetune.lora import LoRAAdapter, adaptable_layers, lora_adapters, lora_config
 from scratchlm.model import GPT
-from scratchlm.model.hf_format import HF_CLASSES, Architecture, hf_architecture
+from scratchlm.model.hf_format import Architecture, hf_architecture
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -59,7 +64,21 @@ _GPT2_MODULES = {
     "up": "mlp.c_fc",
     "down": "mlp.c_proj",
 }
-_BLOCK_PREFIX = {"llama": "model.layers.", "arcee": "model.layers.", "gpt2": "transformer.h."}
+_NEOX_MODULES = {
+    "q": "attention.query_key_value",
+    "k": "attention.query_key_value",
+    "v": "attention.query_key_value",
+    "o": "attention.dense",
+    "up": "mlp.dense_h_to_4h",
+    "down": "mlp.dense_4h_to_h",
+}
+_BLOCK_PREFIX = {
+    "llama": "model.layers.",
+    "qwen3": "model.layers.",
+    "arcee": "model.layers.",
+    "gpt2": "transformer.h.",
+    "gpt_neox": "gpt_neox.layers.",
+}
 
 
 @dataclass
@@ -67,7 +86,7 @@ class _PeftModule:
     """One adapted module of the transformers model: its adapters and their rows there."""
 
     rows: int  # the module's output rows
-    parts: list[tuple[int, LoRAAdapter]]  # (first row in the module, adapter)
+    parts: list[tuple[Tensor, LoRAAdapter]]  # (the module's row of each adapter row, adapter)
 
 
 def export_peft_adapter(
@@ -80,19 +99,12 @@ def export_peft_adapter(
     adapter_model.safetensors) for the Hugging Face export of its base model.
 
     base_model_name_or_path goes into the config for `peft` to find the base (default: the
-    base's name in the adapter). The model must be GPT-2-, Llama- or Arcee-shaped (export_hf_run
-    exports the others too, but not this adapter); merged or not, the adapter is the same.
+    base's name in the adapter). Merged or not, the adapter is the same.
     """
     config = lora_config(model)
     if config is None:
         raise ScratchLMError("this model has no LoRA adapters to export; apply_lora(model) first")
     arch = hf_architecture(model.config)  # a ScratchLMError for a model with no HF equivalent
-    if arch not in _BLOCK_PREFIX:
-        raise ScratchLMError(
-            "a PEFT adapter is written for GPT-2-, Llama- and Arcee-shaped models so far, and "
-            f"this one exports as {HF_CLASSES[arch]}; `scratchlm export RUN --format hf` writes "
-            "its merged weights"
-        )
     modules = _peft_modules(model, arch)
     tensors: dict[str, Tensor] = {}
     rank_pattern: dict[str, int] = {}
@@ -143,31 +155,41 @@ def export_peft_adapter(
 
 def _peft_modules(model: GPT, arch: Architecture) -> dict[str, _PeftModule]:
     """The transformers modules our adapters land in, in model order."""
-    names = _GPT2_MODULES if arch == "gpt2" else _LLAMA_MODULES
+    names = {"gpt2": _GPT2_MODULES, "gpt_neox": _NEOX_MODULES}.get(arch, _LLAMA_MODULES)
     ours = {layer.name: layer.module for layer in adaptable_layers(model)}
     modules: dict[str, _PeftModule] = {}
     for layer, adapter in lora_adapters(model).items():
         block, kind = layer.split(".")[2], layer.rsplit(".", 1)[1]  # transformer.h.N.attn.q
         name = f"{_BLOCK_PREFIX[arch]}{block}.{names[kind]}"
-        if arch != "gpt2":
+        rows = torch.arange(adapter.start, adapter.stop)
+        if kind not in ("q", "k", "v") or arch not in ("gpt2", "gpt_neox"):
             # A module of its own: its rows are this layer's, from 0.
-            modules[name] = _PeftModule(adapter.stop - adapter.start, [(0, adapter)])
-        else:
-            # The same stacked matrix as ours: same rows, same offsets.
-            rows = cast(nn.Linear, model.get_submodule(ours[layer])).out_features
-            modules.setdefault(name, _PeftModule(rows, [])).parts.append((adapter.start, adapter))
+            modules[name] = _PeftModule(len(rows), [(rows - adapter.start, adapter)])
+            continue
+        # Part of one q, k, v matrix as ours: GPT-2's in our row order, NeoX's head by head.
+        size = cast(nn.Linear, model.get_submodule(ours[layer])).out_features
+        if arch == "gpt_neox":
+            rows = _neox_qkv_rows(size, model.config.n_head)[rows]
+        modules.setdefault(name, _PeftModule(size, [])).parts.append((rows, adapter))
     return modules
+
+
+def _neox_qkv_rows(size: int, n_head: int) -> Tensor:
+    """For each row of our c_attn (3, H, D), its row in NeoX's query_key_value (H, 3, D)."""
+    ours = torch.arange(size).reshape(3, n_head, -1)
+    where = torch.empty(size, dtype=torch.long)
+    where[ours.transpose(0, 1).reshape(-1)] = torch.arange(size)
+    return where
 
 
 def _stacked(module: _PeftModule) -> tuple[Tensor, Tensor]:
     """One module's lora_A (k·r, in) and lora_B (rows, k·r) for its k adapters: A stacked, B
-    block-diagonal, each adapter's block at its own rows; zero elsewhere."""
+    block-diagonal up to row order, each adapter's block at its own rows; zero elsewhere."""
     A = torch.cat([adapter.A.detach().float().cpu() for _, adapter in module.parts])
     r = module.parts[0][1].A.size(0)
     B = torch.zeros(module.rows, A.size(0))
-    for i, (first_row, adapter) in enumerate(module.parts):
-        rows = adapter.stop - adapter.start
-        B[first_row : first_row + rows, i * r : (i + 1) * r] = adapter.B.detach().float().cpu()
+    for i, (rows, adapter) in enumerate(module.parts):
+        B[rows, i * r : (i + 1) * r] = adapter.B.detach().float().cpu()
     return A.contiguous(), B
 
 
