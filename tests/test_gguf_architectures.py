@@ -33,12 +33,18 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-gqa-tied": ("llama", dict(ROPE, norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2)),
     "llama-bias-untied": ("llama", dict(ROPE, norm="rmsnorm", mlp="swiglu", bias=True,
                                         tie_embeddings=False, rope_base=500000.0)),
+    "llama-llama3-rope": ("llama", dict(ROPE, norm="rmsnorm", mlp="swiglu", bias=False,
+                                        rope_scaling="llama3", rope_factor=4.0,
+                                        rope_original_context=8, rope_base=50000.0)),
     "qwen3-gqa-untied": ("qwen3", dict(ROPE, norm="rmsnorm", mlp="swiglu", qk_norm=True,
                                        bias=False, n_kv_head=2, tie_embeddings=False)),
     "qwen3-tied": ("qwen3", dict(ROPE, norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)),
     "arcee-tied": ("arcee", dict(ROPE, norm="rmsnorm", mlp="relu2", bias=False)),
     "arcee-gqa-untied": ("arcee", dict(ROPE, norm="rmsnorm", mlp="relu2", bias=False,
                                        n_kv_head=2, tie_embeddings=False)),
+    "arcee-mqa-llama3-rope": ("arcee", dict(ROPE, norm="rmsnorm", mlp="relu2", bias=False,
+                                            n_kv_head=1, rope_scaling="llama3",
+                                            rope_original_context=8)),
     "gptneox-nobias-tied": ("gptneox", dict(ROPE, norm="layernorm", mlp="gelu", bias=False)),
     "gptneox-bias-untied": ("gptneox", dict(ROPE, norm="layernorm", mlp="gelu", bias=True,
                                             tie_embeddings=False, rope_base=500.0)),
@@ -76,8 +82,13 @@ def test_f32_export_reads_back_exactly(tmp_path: Path, shape: str) -> None:
     path = tmp_path / "model.gguf"
     export_gguf_run(run_dir, path)
 
-    fields = {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
+    reader = gguf.GGUFReader(path)
+    fields = {k: f.contents() for k, f in reader.fields.items()}
     assert fields["general.architecture"] == arch
+    # Llama 3's RoPE scaling travels as llama.cpp's per-pair frequency divisors.
+    factors = [np.array(t.data) for t in reader.tensors if t.name == "rope_freqs.weight"]
+    assert len(factors) == (model.config.rope_scaling == "llama3")
+    assert all(f.max() > 1.0 for f in factors)
     assert fields["tokenizer.ggml.pre"] == "gpt-2"  # a character tokenizer splits anywhere
 
     back = read_gguf(path)

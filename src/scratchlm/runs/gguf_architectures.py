@@ -66,6 +66,50 @@ def _rope_base(hf: Mapping[str, Any]) -> float:
     return float(rope.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 1e4))))
 
 
+# Our own keys (llama.cpp ignores keys it does not know) for Llama 3's RoPE scaling, whose
+# effect llama.cpp reads from the rope_freqs tensor alone.
+LLAMA3_ROPE_KEY = "scratchlm.rope.llama3"
+_LLAMA3_PARAMETERS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+
+
+def _llama3_rope(hf: Mapping[str, Any]) -> dict[str, float]:
+    """Llama 3's RoPE scaling parameters of a config.json ({} without scaling); another kind
+    of scaling is refused: llama.cpp would not compute it as transformers does."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return {}
+    if kind == "llama3" and hf.get("model_type") in ("llama", "arcee"):
+        return {key: float(rope[key]) for key in _LLAMA3_PARAMETERS}
+    raise ScratchLMError(
+        f"RoPE scaling {kind!r} of a {hf.get('model_type')} model cannot be written to GGUF; "
+        "export this model with --format hf"
+    )
+
+
+def _rope_factors(hf: Mapping[str, Any], rope: Mapping[str, float]) -> Tensor:
+    """llama.cpp's rope_freqs: per rotated pair, what divides its plain RoPE frequency."""
+    from scratchlm.model.positional import llama3_inv_freq, rope_inv_freq
+
+    heads = int(hf["num_attention_heads"])
+    plain = rope_inv_freq(
+        int(hf.get("head_dim") or int(hf["hidden_size"]) // heads), _rope_base(hf)
+    )
+    scaled = llama3_inv_freq(
+        plain,
+        rope["factor"],
+        rope["low_freq_factor"],
+        rope["high_freq_factor"],
+        int(rope["original_max_position_embeddings"]),
+    )
+    return plain / scaled
+
+
 def add_hparams(writer: Any, hf: Mapping[str, Any]) -> None:
     """The `<arch>.*` keys llama.cpp reads for this model, from its config.json dict."""
     arch = gguf_architecture(hf)
@@ -95,14 +139,13 @@ def add_hparams(writer: Any, hf: Mapping[str, Any]) -> None:
         writer.add_parallel_residual(bool(hf.get("use_parallel_residual", True)))
         writer.add_layer_norm_eps(float(hf["layer_norm_eps"]))
     else:
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            # llama.cpp takes Llama 3's scaling as a rope_freqs tensor, which we do not write.
-            raise ScratchLMError(
-                f"RoPE scaling {rope.get('rope_type')!r} cannot be written to GGUF yet; export "
-                "this model with --format hf"
-            )
         writer.add_layer_norm_rms_eps(float(hf.get("rms_norm_eps", 1e-6)))
+        rope = _llama3_rope(hf)
+        if rope:
+            # llama.cpp needs only the rope_freqs tensor (gguf_tensors); these keys, which it
+            # ignores, let our reader restore the config.
+            for key, value in rope.items():
+                writer.add_float32(f"{LLAMA3_ROPE_KEY}.{key}", float(value))
 
 
 def hf_config_from_metadata(
@@ -133,12 +176,14 @@ def hf_config_from_metadata(
             f"{arch}.rope.dimension_count is {get('rope.dimension_count')}: scratchlm rotates "
             f"whole heads ({head_dim} dimensions)"
         )
+    llama3 = {k: metadata.get(f"{LLAMA3_ROPE_KEY}.{k}") for k in _LLAMA3_PARAMETERS}
+    has_llama3 = all(v is not None for v in llama3.values())
     if arch in _LLAMA_LIKE:
         scaling = metadata.get(f"{arch}.rope.scaling.type", "none")
-        if scaling not in ("none", None) or "rope_freqs.weight" in tensor_names:
+        if scaling not in ("none", None) or ("rope_freqs.weight" in tensor_names) != has_llama3:
             raise ScratchLMError(
                 f"RoPE scaling ({scaling if scaling != 'none' else 'rope_freqs.weight'}) is not "
-                "supported; only plain RoPE models can be imported"
+                "supported; only plain RoPE models and scratchlm's Llama 3 scaling can be imported"
             )
     tied = "output.weight" not in tensor_names
     if arch == "gptneox" and not tied:
@@ -174,6 +219,14 @@ def hf_config_from_metadata(
             "max_position_embeddings": int(get("context_length")),
             "rope_theta": _shortest(get("rope.freq_base", 10000.0)),
         }
+        if has_llama3:
+            rope: dict[str, Any] = {k: _shortest(float(v or 0)) for k, v in llama3.items()}
+            rope["original_max_position_embeddings"] = int(rope["original_max_position_embeddings"])
+            config["rope_parameters"] = {
+                "rope_type": "llama3",
+                "rope_theta": config["rope_theta"],
+                **rope,
+            }
     if arch in _LLAMA_LIKE:
         bias = "blk.0.attn_q.bias" in tensor_names
         config |= {
@@ -262,6 +315,8 @@ def gguf_tensors(
         elif arch == "gpt2" and hf_name.endswith(_CONV1D):
             weight = weight.t()
         yield gguf_name(hf_name, names), weight.contiguous()
+    if rope := _llama3_rope(hf):
+        yield "rope_freqs.weight", _rope_factors(hf, rope)
     if arch == "gptneox":
         yield from _neox_required_extras(hf, state, names)
 
@@ -307,6 +362,13 @@ def hf_state_from_gguf(
         elif arch == "gpt2" and hf_name.endswith(_CONV1D):
             weight = weight.t()
         state[hf_name] = weight.contiguous()
+    rope = _llama3_rope(hf)
+    factors = remaining.pop("rope_freqs.weight", None) if rope else None
+    if factors is not None and not torch.allclose(factors, _rope_factors(hf, rope)):
+        # Written from the scaling parameters, which must still say the same.
+        raise ScratchLMError(
+            "tensor rope_freqs.weight disagrees with the file's Llama 3 RoPE parameters"
+        )
     if arch == "gptneox":
         # The zero attention biases and the output copy that _neox_required_extras wrote.
         for name in list(remaining):
