@@ -16,11 +16,14 @@ config.json):
     GPTNeoXForCausalLM  RoPE with LayerNorm and GELU (hf_neox.py), the demo recipe's shape.
 
 An export takes the first of them that computes exactly what the model does (hf_architecture);
-a model no architecture fits (QK-norm with ReLU², logit soft-capping, sliding windows) gets one
-line naming the options and the closest architecture.
+each is one that llama.cpp runs too (runs/gguf_architectures.py). A model no architecture fits
+gets one line naming the options and the closest architecture. What has none, in both tools:
+QK-norm with ReLU²; logit soft-capping (Gemma 2 and 3 only, whose blocks also normalise each
+sublayer's output); a sliding window on every layer (transformers' Mistral and Phi-3 have one,
+but llama.cpp runs Mistral as Llama without it and switches Phi-3's off, src/models/phi3.cpp).
 
-The public functions the GGUF reader (gguf_format.py) builds on: `llama_config_to_model_config`
-(a config.json dict -> ModelConfig) and `gpt_from_hf_state_dict` (HF-named tensors -> GPT).
+The GGUF side (runs/gguf_architectures.py) builds on `hf_model` (a GPT -> its architecture,
+config.json and tensors) and `gpt_from_hf_state_dict` (HF-named tensors -> GPT).
 """
 
 from __future__ import annotations
