@@ -42,6 +42,7 @@ GGUF_ARCHITECTURES = {
 HF_MODEL_TYPES = {arch: model_type for model_type, arch in GGUF_ARCHITECTURES.items()}
 _LLAMA_LIKE = ("llama", "qwen3", "arcee")  # RMSNorm, separate q/k/v, rope.freq_base
 _PERMUTED = ("llama", "arcee")  # llama.cpp's RoPE type NORM: adjacent pairs rotate
+_ROTATED = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 TensorSource = Callable[[str], "Tensor | None"]  # a GGUF tensor by name, float32, or None
@@ -302,18 +303,8 @@ def gguf_tensors(
     """(GGUF name, float32 tensor in llama.cpp's layout) for each tensor of an HF state dict."""
     arch = gguf_architecture(hf)
     names = _name_map(arch, _layers(hf))
-    heads = int(hf.get("num_attention_heads") or hf.get("n_head") or 0)
-    kv_heads = int(hf.get("num_key_value_heads") or heads)
     for hf_name, tensor in state.items():
-        weight = tensor.detach().to(torch.float32).cpu()
-        if arch in _PERMUTED and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            weight = permute_rope(weight, heads)
-        elif arch in _PERMUTED and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            weight = permute_rope(weight, kv_heads)
-        elif arch == "gptneox" and ".query_key_value." in hf_name:
-            weight = _qkv_grouped(weight, heads)
-        elif arch == "gpt2" and hf_name.endswith(_CONV1D):
-            weight = weight.t()
+        weight = _relaid(hf, hf_name, tensor.detach().to(torch.float32).cpu(), to_gguf=True)
         yield gguf_name(hf_name, names), weight.contiguous()
     if rope := _llama3_rope(hf):
         yield "rope_freqs.weight", _rope_factors(hf, rope)
@@ -344,24 +335,13 @@ def hf_state_from_gguf(
     have no place in the model are one ScratchLMError each."""
     arch = gguf_architecture(hf)
     names = _name_map(arch, _layers(hf))
-    heads = int(hf.get("num_attention_heads") or hf.get("n_head") or 0)
-    kv_heads = int(hf.get("num_key_value_heads") or heads)
     remaining = dict(tensors)
     state: dict[str, Tensor] = {}
     for hf_name in expected:
         name = gguf_name(hf_name, names)
         if name not in remaining:
             raise ScratchLMError(f"tensor {name} is missing")
-        weight = remaining.pop(name)
-        if arch in _PERMUTED and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            weight = unpermute_rope(weight, heads)
-        elif arch in _PERMUTED and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            weight = unpermute_rope(weight, kv_heads)
-        elif arch == "gptneox" and ".query_key_value." in hf_name:
-            weight = _qkv_interleaved(weight, heads)
-        elif arch == "gpt2" and hf_name.endswith(_CONV1D):
-            weight = weight.t()
-        state[hf_name] = weight.contiguous()
+        state[hf_name] = _relaid(hf, hf_name, remaining.pop(name), to_gguf=False).contiguous()
     rope = _llama3_rope(hf)
     factors = remaining.pop("rope_freqs.weight", None) if rope else None
     if factors is not None and not torch.allclose(factors, _rope_factors(hf, rope)):
@@ -383,6 +363,21 @@ def hf_state_from_gguf(
             f"({len(remaining)} such tensors)"
         )
     return state
+
+
+def _relaid(hf: Mapping[str, Any], hf_name: str, weight: Tensor, to_gguf: bool) -> Tensor:
+    """One tensor in llama.cpp's layout (to_gguf) or back in Hugging Face's."""
+    arch = gguf_architecture(hf)
+    heads = int(hf.get("num_attention_heads") or hf.get("n_head") or 0)
+    if arch in _PERMUTED and hf_name.endswith(_ROTATED):
+        if ".k_proj." in hf_name:
+            heads = int(hf.get("num_key_value_heads") or heads)
+        return permute_rope(weight, heads) if to_gguf else unpermute_rope(weight, heads)
+    if arch == "gptneox" and ".query_key_value." in hf_name:
+        return _qkv_grouped(weight, heads) if to_gguf else _qkv_interleaved(weight, heads)
+    if arch == "gpt2" and hf_name.endswith(_CONV1D):
+        return weight.t()
+    return weight
 
 
 def _qkv_grouped(t: Tensor, heads: int) -> Tensor:
