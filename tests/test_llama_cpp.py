@@ -17,8 +17,8 @@ bound is wider, and their greedy text still has to match.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,14 @@ import pytest
 import torch
 
 from scratchlm.config import load_config
+from scratchlm.finetune.conversations import CHATML_TEMPLATE, CHATML_TOKEN_ROLES
 from scratchlm.inference.generate import generate_tokens
+from scratchlm.inference.language_model import load_for_inference
 from scratchlm.model import GPT
 from scratchlm.runs.gguf_architectures import gguf_architecture
 from scratchlm.runs.gguf_file import GGUF_DTYPES, read_gguf
 from scratchlm.runs.gguf_runs import export_gguf_run
+from scratchlm.runs.layout import RunPaths
 from scratchlm.runs.loading import load_trained_model
 from scratchlm.runs.preparation import prepare_run
 from scratchlm.tokenizer.bpe import BPETokenizer
@@ -135,6 +138,7 @@ class RecipeRun:
     tokenizer: BPETokenizer
     gguf: dict[str, Path]  # dtype -> the run's export in it
     arch: str
+    run_dir: Path
 
 
 def train_recipe(base: Path, recipe: str) -> RecipeRun:
@@ -155,19 +159,33 @@ def train_recipe(base: Path, recipe: str) -> RecipeRun:
         prepare_run(config)
         train_model(config, quiet=True)
         run_dir = config.run_dir
+    if config.tokenizer.special_tokens and "<|im_end|>" in config.tokenizer.special_tokens:
+        # What `scratchlm finetune sft` adds to a run of ours: ChatML, ending a reply at <|im_end|>.
+        paths = RunPaths(run_dir)
+        paths.chat_template.write_text(CHATML_TEMPLATE, encoding="utf-8")
+        paths.token_roles.write_text(json.dumps(CHATML_TOKEN_ROLES), encoding="utf-8")
     _, tokenizer, model = load_trained_model(run_dir)
     files = {dtype: base / f"{recipe}-{dtype}.gguf" for dtype in GGUF_DTYPES}
     for dtype, path in files.items():
         export_gguf_run(run_dir, path, dtype=dtype)
     arch = gguf_architecture(read_gguf(files["f32"]).config)
-    return RecipeRun(recipe, model.eval(), tokenizer, files, arch)
+    return RecipeRun(recipe, model.eval(), tokenizer, files, arch, run_dir)
+
+
+_TRAINED: dict[str, RecipeRun] = {}  # each recipe trained once per session
+
+
+def recipe(name: str, tmp_path_factory: pytest.TempPathFactory) -> RecipeRun:
+    if name not in _TRAINED:
+        _TRAINED[name] = train_recipe(tmp_path_factory.mktemp(name), name)
+    return _TRAINED[name]
 
 
 @pytest.fixture(scope="module", params=["demo", "shakespeare-char", "chat"])
 def recipe_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RecipeRun]:
-    yield train_recipe(tmp_path_factory.mktemp(request.param), request.param)
+) -> RecipeRun:
+    return recipe(request.param, tmp_path_factory)
 
 
 def test_recipe_tokenization_equals_ours(recipe_run: RecipeRun) -> None:
@@ -200,6 +218,27 @@ def test_recipe_q8_0_export_keeps_the_text_and_likelihood(recipe_run: RecipeRun)
     ll_f32, ll_q8 = log_likelihood(f32, held_out), log_likelihood(q8, held_out)
     print(f"{recipe_run.name}: log-likelihood f32 {ll_f32:.3f}, Q8_0 {ll_q8:.3f}")
     assert abs(ll_q8 - ll_f32) <= 0.01 * abs(ll_f32)
+
+
+def test_chat_recipe_chats_in_llama_cpp_as_in_scratchlm(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The chat template and its stop token travel with the file: llama-cpp-python's chat
+    completion (its own Jinja rendering of our template) gives the reply `scratchlm chat` gives."""
+    recipe_run = recipe("chat", tmp_path_factory)
+    messages = [{"role": "user", "content": "hey, how was your weekend?"}]
+    lm = load_for_inference(recipe_run.run_dir, dtype="float32")
+    [ours] = lm.chat([messages], lm.sampling(temperature=0, max_new_tokens=12))
+    llm = load_llama(recipe_run.gguf["f32"], recipe_run.model.config.block_size)
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata["tokenizer.chat_template"]
+    prompt = Jinja2ChatFormatter(template, eos_token="", bos_token="")(messages=messages).prompt
+    assert list(llm.tokenize(prompt.encode(), add_bos=False, special=True)) == lm.encode_chat(
+        messages
+    )
+    theirs = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=12)
+    assert theirs["choices"][0]["message"]["content"] == ours.text
 
 
 @pytest.mark.parametrize("dtype", ["f16", "q4_0", "q4_1"])
