@@ -17,7 +17,7 @@ import torch
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.generate import generate_tokens
 from scratchlm.model import GPT
-from scratchlm.model.config import ModelConfig, model_config_from_table
+from scratchlm.model.config import ModelConfig, model_config_from_table, model_preset
 from scratchlm.model.hf_arcee import model_config_to_arcee_config
 from scratchlm.model.hf_format import (
     HF_CLASSES,
@@ -263,13 +263,26 @@ def test_the_demo_recipe_exports_as_gpt_neox(tmp_path: Path) -> None:
     check_in_transformers(ours, tmp_path / "hf", "gpt_neox")
 
 
-def test_the_char_recipe_is_refused_in_one_line_naming_relu2() -> None:
-    config = recipe_model("shakespeare-char")
+def test_the_char_recipe_and_the_depth_preset_export_as_qwen3(tmp_path: Path) -> None:
+    # Both were ReLU² with QK-norm, which no architecture carries; they are Qwen3-shaped now.
+    for name, config in [
+        ("char", recipe_model("shakespeare-char", vocab_size=257)),
+        # The preset's name is not a model option, and does not travel in config.json.
+        ("depth", replace(model_preset("depth-1", vocab_size=256, block_size=32), preset="")),
+    ]:
+        ours = random_gpt(config)
+        assert hf_export_problem(ours.config) is None
+        assert save_hf_model(ours, tmp_path / name) == "qwen3"
+        check_in_transformers(ours, tmp_path / name, "qwen3")
+
+
+def test_qk_norm_with_relu2_is_refused_in_one_line() -> None:
+    config = ModelConfig(**{**BASE, **QWEN3, "mlp": "relu2"})
     with pytest.raises(ScratchLMError) as refused:
         hf_architecture(config)
     message = str(refused.value)
     assert "\n" not in message and message == hf_export_problem(config)
-    # ReLU² has a home now (Arcee), QK-norm too (Qwen3), but not the two together: the two
+    # ReLU² has a home (Arcee), QK-norm too (Qwen3), but not the two together: the two
     # one-change ways out come first, Qwen3's (which keeps QK-norm, that lets the recipe use
     # its learning rates) before Arcee's.
     assert message.startswith(

@@ -203,7 +203,9 @@ class DepthShape:
     learning_rate: float  # a peak AdamW learning rate to start from (train.learning_rate)
 
     def model_keys(self) -> dict[str, Any]:
-        """The [model] keys of the "depth-N" preset."""
+        """The [model] keys of the "depth-N" preset: Qwen3's shape (RoPE, RMSNorm, QK-norm,
+        SwiGLU, no biases), so every depth exports to Hugging Face and GGUF (ReLU² with QK-norm,
+        nanochat's choice, has no architecture in transformers and llama.cpp)."""
         return dict(
             n_layer=self.n_layer,
             n_embd=self.n_embd,
@@ -211,7 +213,7 @@ class DepthShape:
             pos_encoding="rope",
             norm="rmsnorm",
             qk_norm=True,
-            mlp="relu2",
+            mlp="swiglu",
             bias=False,
             tie_embeddings=False,
         )
