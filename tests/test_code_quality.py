@@ -28,7 +28,9 @@ def tool(name: str) -> str:
     [
         ["ruff", "check", "src", "tests", "benchmarks"],
         ["ruff", "format", "--check", "src", "tests", "benchmarks"],
-        ["mypy"],
+        # ~40 s of the default suite's 15-minute budget: in `make test-slow` (CI runs both) and
+        # `make typecheck`.
+        pytest.param(["mypy"], marks=pytest.mark.slow),
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
 )

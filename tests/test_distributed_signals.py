@@ -140,7 +140,8 @@ def _resume_in_one_process(folder: Path, step: int) -> None:
 @pytest.mark.parametrize(
     "parallel, sig, whole_group",
     [
-        ("fsdp", signal.SIGTERM, False),  # a scheduler stopping the job: torchrun's pid
+        # a scheduler stopping the job: torchrun's pid (slow: the default suite's time budget)
+        pytest.param("fsdp", signal.SIGTERM, False, marks=pytest.mark.slow),
         ("ddp", signal.SIGINT, True),  # Ctrl-C in a terminal: the foreground process group
     ],
 )
