@@ -51,6 +51,8 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-tied": ("gpt2", dict(pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True)),
     "gpt2-untied": ("gpt2", dict(pos_encoding="learned", norm="layernorm", mlp="gelu",
                                  bias=True, tie_embeddings=False)),
+    "gpt2-nobias": ("gpt2", dict(pos_encoding="learned", norm="layernorm", mlp="gelu",
+                                 bias=False)),
 }  # fmt: skip
 
 
@@ -94,7 +96,9 @@ def test_f32_export_reads_back_exactly(tmp_path: Path, shape: str) -> None:
     back = read_gguf(path)
     again = gpt_from_hf_state_dict(back.config, back.state_dict).eval()
     # The file states the MLP's width, where our config may say 0 (the default for its kind).
-    assert again.config == replace(model.config, mlp_hidden=model.config.ffn_hidden)
+    # GPT-2 has biases always: a model without them comes back with zero ones.
+    bias = model.config.bias or arch == "gpt2"
+    assert again.config == replace(model.config, mlp_hidden=model.config.ffn_hidden, bias=bias)
     for name, tensor in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
     ids = back.tokenizer.encode("whether 'tis nobler")

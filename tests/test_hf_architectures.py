@@ -322,3 +322,24 @@ def test_each_shape_picks_its_architecture() -> None:
     assert picks == {shape: shape.split("-")[0] for shape in SHAPES}
     assert hf_architecture(ModelConfig(**BASE)) == "gpt2"
     assert hf_architecture(ModelConfig(**{**BASE, **QWEN3, "qk_norm": False})) == "llama"
+
+
+def test_gpt2_without_biases_exports_with_zero_ones(tmp_path: Path) -> None:
+    """nanoGPT's bias = False: GPT-2 always has biases, so they are written as zeros and
+    transformers computes our logits and greedy text; read back, it is a model with (zero)
+    biases and the same logits."""
+    ours = random_gpt(ModelConfig(**{**BASE, "bias": False}))
+    assert save_hf_model(ours, tmp_path / "hf") == "gpt2"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    L, C, F = ours.config.n_layer, ours.config.n_embd, ours.config.ffn_hidden
+    zero_biases = L * (7 * C + F) + C  # ln_1, c_attn (3C), c_proj, ln_2, c_fc (F), c_proj; ln_f
+    assert sum(p.numel() for p in hf.parameters()) == ours.num_parameters() + zero_biases
+    idx = torch.randint(0, BASE["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(logits_of(hf.eval(), idx), logits_of(ours, idx), rtol=0, atol=1e-5)
+    prompt = idx[0, :8].tolist()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
+    assert out[0, 8:].tolist() == list(generate_tokens(ours, prompt, 20, temperature=0.0))
+    back = load_hf_model(tmp_path / "hf").eval()
+    assert back.config == replace(ours.config, bias=True)
+    assert torch.equal(logits_of(back, idx), logits_of(ours, idx))

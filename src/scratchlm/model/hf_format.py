@@ -7,7 +7,8 @@ model.safetensors.index.json. Five architectures map onto our GPT; GPT-2 here, t
 modules of their own (hf_llama.py, hf_qwen3.py, hf_arcee.py, hf_neox.py; hf_fields.py checks
 config.json):
 
-    GPT2LMHeadModel   learned positions, LayerNorm with biases, GELU MLP, multi-head attention.
+    GPT2LMHeadModel   learned positions, LayerNorm, GELU MLP, multi-head attention; biases
+                      everywhere (zeros for a model without).
                       Same tensor names as ours; its Conv1D layers store weights as (in, out),
                       the transpose of nn.Linear's.
     LlamaForCausalLM  RoPE, RMSNorm, SwiGLU, grouped-query attention (hf_llama.py).
@@ -112,7 +113,6 @@ def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any
         "norm": (config.norm, "layernorm"),
         "mlp": (config.mlp, "gelu"),
         "qk_norm": (config.qk_norm, False),
-        "bias": (config.bias, True),
         "n_kv_head": (config.kv_heads, config.n_head),
         **common,
     }
@@ -232,9 +232,19 @@ def _model_type(hf: Mapping[str, Any], where: str) -> Architecture:
 
 
 def gpt2_state_dict_from_gpt(model: GPT) -> dict[str, Tensor]:
-    """GPT2LMHeadModel's tensors for a GPT-2-shaped model (same names, Conv1D transposed)."""
+    """GPT2LMHeadModel's tensors for a GPT-2-shaped model (same names, Conv1D transposed).
+    GPT-2 always has biases; a model without them (nanoGPT's bias = False) gets zero ones,
+    which compute the same. Read back, it is a model with (zero) biases."""
+    ours = model.state_dict()
+    if not model.config.bias:
+        zeros = {
+            name.removesuffix("weight") + "bias": ours[name].new_zeros(ours[name].shape[0])
+            for name in ours
+            if name.startswith("transformer.h.") or name == "transformer.ln_f.weight"
+        }
+        ours = {**ours, **zeros}
     state: dict[str, Tensor] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in ours.items():
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # HF re-ties it to transformer.wte.weight
         state[name] = tensor.t() if name.endswith(_CONV1D) else tensor
