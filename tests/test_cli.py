@@ -571,6 +571,7 @@ def test_train_makes_a_run(trained: tuple[Path, Result]) -> None:
     ]  # fmt: skip
     assert report["totals"]["documents_out"] == report["totals"]["documents_in"] - 1  # "if"
     assert "data report for runs/tiny/data" in (run / "data" / "report.txt").read_text("utf-8")
+    assert "will not load it" not in result.stderr  # GPT-2's shape: it exports, no warning
     assert checkpoints(run) == ["step_000010", f"step_{TINY_STEPS:06d}"]
     assert_clean_checkpoints(run)
     assert [r["step"] for r in metrics(run) if "train_loss" in r] == [5, 10, 15, 20]
@@ -612,6 +613,17 @@ def test_a_swapped_tokenizer_is_refused(run_copy: Path, cli: Cli) -> None:
         assert_user_error(cli(command, cwd=cwd), "was trained with another tokenizer")
     result = cli("train --resume runs/tiny --train.max_steps 30 --no-samples", cwd=cwd)
     assert_user_error(result, "was trained with another tokenizer")
+
+
+def test_train_warns_at_the_start_when_the_model_will_not_export(tmp_path: Path, cli: Cli) -> None:
+    # Logit soft-capping: no architecture that transformers and llama.cpp both run has it.
+    options = "--model.logit_softcap 30 --train.max_steps 2 --train.eval_interval 2 --no-samples"
+    result = ok(cli(f"train --config {TINY} --out_dir runs {options}", cwd=tmp_path))
+    # One line, the first thing said, before hours of training: what is wrong and the way out.
+    warning = result.stderr.splitlines()[0]
+    assert warning.startswith("warning: this model has no Hugging Face equivalent: ")
+    assert "no architecture has logit_softcap = 30.0; closest: for GPT-2 it would" in warning
+    assert warning.endswith("(it trains all the same; transformers and llama.cpp will not load it)")
 
 
 def test_train_into_existing_run_needs_overwrite(run_copy: Path, cli: Cli) -> None:

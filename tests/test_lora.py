@@ -48,6 +48,7 @@ PEFT_SHAPES: dict[str, dict[str, Any]] = {
     "qwen3-gqa": dict(LLAMA, qk_norm=True, n_kv_head=2),
     "gpt_neox": dict(pos_encoding="rope", mlp="gelu", bias=False),
     "gpt_neox-bias": dict(pos_encoding="rope", mlp="gelu", tie_embeddings=False),
+    "stablelm": dict(pos_encoding="rope", mlp="swiglu", bias=False, n_kv_head=2),
 }
 
 
@@ -338,7 +339,7 @@ def _tiny_run(tmp_path: Path, model: GPT) -> Path:
     ("shape", "targets"),
     [("llama-gqa", ["q", "k", "v", "o", "gate", "up", "down"]), ("llama-gqa", ["transformer.h.1.attn.q", "v"]),
      ("gpt2", ["q", "v", "o", "up", "down"]), ("gpt2", ["transformer.h.0.attn.k"]),
-     ("qwen3-gqa", ["q", "k", "v", "o", "gate", "up", "down"]),
+     ("qwen3-gqa", ["q", "k", "v", "o", "gate", "up", "down"]), ("stablelm", ["q", "v", "gate"]),
      ("gpt_neox", ["q", "k", "v", "o", "up", "down"]), ("gpt_neox-bias", ["k", "transformer.h.1.attn.q"])],
 )  # fmt: skip
 def test_peft_loads_the_export_onto_our_hf_export(

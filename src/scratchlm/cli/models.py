@@ -25,9 +25,9 @@ def register(commands: Any) -> None:
         required=True,
         choices=MODEL_EXPORT_FORMATS,
         help="hf: a folder (config.json, model.safetensors, tokenizer.json) that transformers "
-        "loads as GPT-2, Llama, Qwen3, Arcee or GPT-NeoX, whichever computes the model; gguf: "
-        "one file of the same architecture for llama.cpp; peft: a LoRA run's adapter as a PEFT "
-        "adapter folder for the hf export of its base model",
+        "loads as GPT-2, Llama, Qwen3, Arcee, GPT-NeoX or StableLM, whichever computes the "
+        "model; gguf: one file of the same architecture for llama.cpp; peft: a LoRA run's "
+        "adapter as a PEFT adapter folder for the hf export of its base model",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (hf) or file (gguf)")
     p.add_argument(
@@ -45,9 +45,9 @@ def register(commands: Any) -> None:
     p.add_argument(
         "format",
         choices=MODEL_IMPORT_FORMATS,
-        help="hf: a Hugging Face GPT-2, Llama, Qwen3, Arcee or GPT-NeoX folder (config.json, "
-        "model.safetensors, tokenizer.json); gguf: a llama.cpp file of one of those "
-        "architectures (f32, f16 or quantised)",
+        help="hf: a Hugging Face GPT-2, Llama, Qwen3, Arcee, GPT-NeoX or StableLM folder "
+        "(config.json, model.safetensors, tokenizer.json); gguf: a llama.cpp file of one of "
+        "those architectures (f32, f16 or quantised)",
     )
     p.add_argument("source", type=Path, help="the folder or file to import")
     p.add_argument("--out", required=True, type=Path, help="the run directory to create")

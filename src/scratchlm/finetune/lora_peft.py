@@ -8,7 +8,7 @@ does, with hf_model the export of the same base (runs.hf.export_hf_run).
 
     Llama   every layer of ours is a module there: q -> model.layers.N.self_attn.q_proj, k, v,
             o -> o_proj, gate -> mlp.gate_proj, up, down -> mlp.down_proj: name for name.
-    Qwen3   the same names (its q and k norms are not adapted).
+    Qwen3, StableLM  the same names (Qwen3's q and k norms are not adapted).
     Arcee   the same names; its ReLU² MLP has no gate, and our up is all of c_fc there too.
     GPT-NeoX  q, k and v share attention.query_key_value (an nn.Linear), whose rows go head by
             head (H, 3, D) where ours go q, k, v (3, H, D): as GPT-2's, with each adapter's B
@@ -75,6 +75,7 @@ _NEOX_MODULES = {
 _BLOCK_PREFIX = {
     "llama": "model.layers.",
     "qwen3": "model.layers.",
+    "stablelm": "model.layers.",
     "arcee": "model.layers.",
     "gpt2": "transformer.h.",
     "gpt_neox": "gpt_neox.layers.",

@@ -1,10 +1,11 @@
-"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2, Llama, Qwen3, Arcee or
-GPT-NeoX checkpoint.
+"""Hugging Face model folders: export a scratchlm GPT, import a GPT-2, Llama, Qwen3, Arcee,
+GPT-NeoX or StableLM checkpoint.
 
 A Hugging Face model folder holds config.json (the architecture and its shape) and
 model.safetensors (the weights, under transformers' names), or shards of it listed in
-model.safetensors.index.json. Five architectures map onto our GPT; GPT-2 here, the others in
-modules of their own (hf_llama.py, hf_qwen3.py, hf_arcee.py, hf_neox.py; hf_fields.py checks
+model.safetensors.index.json. Six architectures map onto our GPT; GPT-2 here, the others in
+modules of their own (hf_llama.py, hf_qwen3.py, hf_arcee.py, hf_neox.py, hf_stablelm.py;
+hf_fields.py checks
 config.json):
 
     GPT2LMHeadModel   learned positions, LayerNorm, GELU MLP, multi-head attention; biases
@@ -15,6 +16,7 @@ config.json):
     Qwen3ForCausalLM  Llama with QK-norm (hf_qwen3.py).
     ArceeForCausalLM  Llama with a ReLU² MLP, no gate (hf_arcee.py).
     GPTNeoXForCausalLM  RoPE with LayerNorm and GELU (hf_neox.py), the demo recipe's shape.
+    StableLmForCausalLM  RoPE with LayerNorm and SwiGLU, no biases (hf_stablelm.py).
 
 An export takes the first of them that computes exactly what the model does (hf_architecture);
 each is one that llama.cpp runs too (runs/gguf_architectures.py). A model no architecture fits
@@ -43,7 +45,7 @@ from torch import Tensor
 from scratchlm.core.atomic_files import fsync_dir
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.core.user_paths import refuse_existing
-from scratchlm.model import hf_arcee, hf_neox, hf_qwen3
+from scratchlm.model import hf_arcee, hf_neox, hf_qwen3, hf_stablelm
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.hf_fields import CONFIG_FILE, expect_field, int_field, validated_config
@@ -55,7 +57,7 @@ from scratchlm.model.hf_llama import (
 )
 from scratchlm.model.loading import gpt_from_state_dict, open_safetensors
 
-Architecture = Literal["gpt2", "llama", "qwen3", "arcee", "gpt_neox"]
+Architecture = Literal["gpt2", "llama", "qwen3", "arcee", "gpt_neox", "stablelm"]
 
 # transformers' class of each architecture, and the name the messages use.
 HF_CLASSES: dict[Architecture, str] = {
@@ -64,6 +66,7 @@ HF_CLASSES: dict[Architecture, str] = {
     "qwen3": "Qwen3ForCausalLM",
     "arcee": "ArceeForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
+    "stablelm": "StableLmForCausalLM",
 }
 _NAMES: dict[Architecture, str] = {
     "gpt2": "GPT-2",
@@ -71,6 +74,7 @@ _NAMES: dict[Architecture, str] = {
     "qwen3": "Qwen3",
     "arcee": "Arcee",
     "gpt_neox": "GPT-NeoX",
+    "stablelm": "StableLM",
 }
 
 WEIGHTS_FILE = "model.safetensors"
@@ -85,7 +89,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 def hf_architecture(config: ModelConfig) -> Architecture:
     """The transformers architecture that computes exactly what `config` does: the first that
-    fits of gpt2, llama, qwen3, arcee, gpt_neox; a one-line ScratchLMError (hf_export_problem) when
+    fits of gpt2, llama, qwen3, arcee, gpt_neox, stablelm; a one-line ScratchLMError (hf_export_problem) when
     none does."""
     needs = _needed_changes(config)
     for arch, changes in needs.items():
@@ -129,6 +133,7 @@ def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any
         "qwen3": hf_qwen3.qwen3_requirements(config),
         "arcee": hf_arcee.arcee_requirements(config),
         "gpt_neox": hf_neox.neox_requirements(config),
+        "stablelm": hf_stablelm.stablelm_requirements(config),
     }
 
 
@@ -141,10 +146,10 @@ def _needed_changes(config: ModelConfig) -> dict[Architecture, dict[str, tuple[A
 
 
 def _problem(needs: dict[Architecture, dict[str, tuple[Any, Any]]]) -> str:
-    """One line: the options no architecture has, then each architecture's changes, the
-    closest first (fewest changes; the earlier on a tie)."""
+    """One line: the options no architecture has, then the changes the two closest
+    architectures would need (fewest changes; the earlier on a tie)."""
     nowhere = set.intersection(*(set(changes) for changes in needs.values()))
-    order = sorted(needs, key=lambda arch: len(needs[arch]))  # stable: ties keep preference
+    order = sorted(needs, key=lambda arch: len(needs[arch]))[:2]  # stable: ties keep preference
     closest = order[0]
 
     def changes(arch: Architecture) -> str:
@@ -215,6 +220,8 @@ def hf_config_to_model_config(hf: Mapping[str, Any], where: str = CONFIG_FILE) -
         return hf_qwen3.qwen3_config_to_model_config(hf, where)
     if arch == "arcee":
         return hf_arcee.arcee_config_to_model_config(hf, where)
+    if arch == "stablelm":
+        return hf_stablelm.stablelm_config_to_model_config(hf, where)
     return hf_neox.neox_config_to_model_config(hf, where)
 
 
@@ -256,7 +263,7 @@ def gpt_from_hf_state_dict(
     state: Mapping[str, Tensor],
     where: str = "Hugging Face checkpoint",
 ) -> GPT:
-    """A GPT from transformers-named tensors (GPT-2, Llama, Qwen3, Arcee or GPT-NeoX names, told
+    """A GPT from transformers-named tensors (GPT-2, Llama, Qwen3, Arcee, GPT-NeoX or StableLM names, told
     apart by the config's model_type, or for a ModelConfig by the tensor names and its qk_norm
     and mlp), loaded without a second copy.
 
@@ -268,6 +275,8 @@ def gpt_from_hf_state_dict(
         model_config = config
         if "gpt_neox.embed_in.weight" in state:
             arch = "gpt_neox"
+        elif "model.embed_tokens.weight" in state and config.norm == "layernorm":
+            arch = "stablelm"
         elif "model.embed_tokens.weight" in state:
             arch = "qwen3" if config.qk_norm else "arcee" if config.mlp == "relu2" else "llama"
         else:
@@ -281,6 +290,8 @@ def gpt_from_hf_state_dict(
         ours = gpt_names_from_llama(model_config, state, where)
     elif arch == "qwen3":
         ours = hf_qwen3.gpt_names_from_qwen3(model_config, state, where)
+    elif arch == "stablelm":
+        ours = hf_stablelm.gpt_names_from_stablelm(model_config, state, where)
     else:
         ours = hf_neox.gpt_names_from_neox(model_config, state, where)
     return gpt_from_state_dict(model_config, ours, where=where)
@@ -318,6 +329,12 @@ def hf_model(model: GPT) -> tuple[Architecture, dict[str, Any], dict[str, Tensor
             arch,
             hf_qwen3.model_config_to_qwen3_config(model.config),
             hf_qwen3.qwen3_state_dict_from_gpt(model),
+        )
+    if arch == "stablelm":
+        return (
+            arch,
+            hf_stablelm.model_config_to_stablelm_config(model.config),
+            hf_stablelm.stablelm_state_dict_from_gpt(model),
         )
     return (
         arch,
@@ -433,7 +450,7 @@ def read_hf_weights(folder: Path | str) -> dict[str, Tensor]:
 
 
 def load_hf_model(folder: Path | str) -> GPT:
-    """A GPT from a Hugging Face GPT-2, Llama, Qwen3, Arcee or GPT-NeoX folder (config.json +
+    """A GPT from a Hugging Face GPT-2, Llama, Qwen3, Arcee, GPT-NeoX or StableLM folder (config.json +
     safetensors weights)."""
     folder = Path(folder)
     hf_config = read_hf_config(folder)

@@ -13,6 +13,7 @@ exactly what the HF export holds:
     gpt_neox       gptneox    query_key_value's rows per head (H, 3, D) -> all q, k, v (3, H, D);
                               llama.cpp requires every bias and output.weight, so a model without
                               attention biases or with tied embeddings gets zeros and a copy
+    stablelm       stablelm   none (halves rotate, as in HF); output.weight required, as NeoX
     gpt2           gpt2       Conv1D's (in, out) weights transposed to (out, in)
 
 Reading goes the other way: metadata -> a config.json dict, tensors -> HF names (found by
@@ -37,10 +38,12 @@ GGUF_ARCHITECTURES = {
     "qwen3": "qwen3",
     "arcee": "arcee",
     "gpt_neox": "gptneox",
+    "stablelm": "stablelm",
     "gpt2": "gpt2",
 }
 HF_MODEL_TYPES = {arch: model_type for model_type, arch in GGUF_ARCHITECTURES.items()}
 _LLAMA_LIKE = ("llama", "qwen3", "arcee")  # RMSNorm, separate q/k/v, rope.freq_base
+_HEAD_REQUIRED = ("gptneox", "stablelm")  # llama.cpp wants output.weight even when tied
 _PERMUTED = ("llama", "arcee")  # llama.cpp's RoPE type NORM: adjacent pairs rotate
 _ROTATED = ("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -136,7 +139,7 @@ def add_hparams(writer: Any, hf: Mapping[str, Any]) -> None:
     if head_dim != hidden // heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    if arch == "gptneox":
+    if arch in ("gptneox", "stablelm"):  # LayerNorm
         writer.add_parallel_residual(bool(hf.get("use_parallel_residual", True)))
         writer.add_layer_norm_eps(float(hf["layer_norm_eps"]))
     else:
@@ -187,8 +190,8 @@ def hf_config_from_metadata(
                 "supported; only plain RoPE models and scratchlm's Llama 3 scaling can be imported"
             )
     tied = "output.weight" not in tensor_names
-    if arch == "gptneox" and not tied:
-        # llama.cpp needs output.weight for GPT-NeoX; a copy of token_embd was a tied model.
+    if arch in _HEAD_REQUIRED and not tied:
+        # llama.cpp needs output.weight here; a copy of token_embd was a tied model.
         tied = torch.equal(
             _required(tensor, "output.weight"), _required(tensor, "token_embd.weight")
         )
@@ -252,6 +255,15 @@ def hf_config_from_metadata(
             "rotary_emb_base": config["rope_theta"],
             "attention_bias": any(b is not None and bool(torch.count_nonzero(b)) for b in biases),
         }
+    elif arch == "stablelm":
+        config |= {
+            "hidden_act": "silu",
+            "use_parallel_residual": bool(get("use_parallel_residual", False)),
+            "layer_norm_eps": _shortest(get("attention.layer_norm_epsilon")),
+            "partial_rotary_factor": 1.0,
+            "use_qkv_bias": "blk.0.attn_q.bias" in tensor_names,
+            "qk_layernorm": "blk.0.attn_q_norm.weight" in tensor_names,
+        }
     config["torch_dtype"] = "float32"
     for key in ("bos", "eos", "padding"):
         token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
@@ -260,7 +272,13 @@ def hf_config_from_metadata(
     return config
 
 
-_CLASS_PREFIX = {"llama": "Llama", "qwen3": "Qwen3", "arcee": "Arcee", "gptneox": "GPTNeoX"}
+_CLASS_PREFIX = {
+    "llama": "Llama",
+    "qwen3": "Qwen3",
+    "arcee": "Arcee",
+    "gptneox": "GPTNeoX",
+    "stablelm": "StableLm",
+}
 
 
 def _required(tensor: TensorSource, name: str) -> Tensor:
@@ -309,22 +327,24 @@ def gguf_tensors(
     if rope := _llama3_rope(hf):
         yield "rope_freqs.weight", _rope_factors(hf, rope)
     if arch == "gptneox":
-        yield from _neox_required_extras(hf, state, names)
+        yield from _neox_zero_biases(hf, state, names)
+    renamed = {gguf_name(hf_name, names): hf_name for hf_name in state}
+    if arch in _HEAD_REQUIRED and "output.weight" not in renamed:
+        # A tied model's head: a copy of the embedding.
+        embedding = state[renamed["token_embd.weight"]]
+        yield "output.weight", embedding.detach().to(torch.float32).cpu().contiguous()
 
 
-def _neox_required_extras(
+def _neox_zero_biases(
     hf: Mapping[str, Any], state: Mapping[str, Tensor], names: Any
 ) -> Iterator[tuple[str, Tensor]]:
-    """What llama.cpp's GPT-NeoX needs and a bias-free or tied HF NeoX lacks."""
+    """The attention biases llama.cpp's GPT-NeoX needs and a bias-free HF NeoX lacks."""
     hidden = int(hf["hidden_size"])
     for i in range(_layers(hf)):
         prefix = f"gpt_neox.layers.{i}.attention."
         for part, size in (("query_key_value", 3 * hidden), ("dense", hidden)):
             if f"{prefix}{part}.bias" not in state:
                 yield gguf_name(f"{prefix}{part}.bias", names), torch.zeros(size)
-    if "embed_out.weight" not in state:
-        embedding = state["gpt_neox.embed_in.weight"].detach().to(torch.float32).cpu()
-        yield "output.weight", embedding.contiguous()
 
 
 def hf_state_from_gguf(
@@ -349,12 +369,11 @@ def hf_state_from_gguf(
         raise ScratchLMError(
             "tensor rope_freqs.weight disagrees with the file's Llama 3 RoPE parameters"
         )
-    if arch == "gptneox":
-        # The zero attention biases and the output copy that _neox_required_extras wrote.
-        for name in list(remaining):
-            if (name == "output.weight" and hf.get("tie_word_embeddings")) or (
-                name.endswith(("attn_qkv.bias", "attn_output.bias")) and not hf["attention_bias"]
-            ):
+    if arch in _HEAD_REQUIRED and hf.get("tie_word_embeddings"):
+        remaining.pop("output.weight", None)  # the copy gguf_tensors wrote
+    if arch == "gptneox" and not hf["attention_bias"]:
+        for name in list(remaining):  # the zero biases _neox_zero_biases wrote
+            if name.endswith(("attn_qkv.bias", "attn_output.bias")):
                 del remaining[name]
     if remaining:
         first = sorted(remaining)[0]

@@ -1,8 +1,9 @@
 """GGUF files as scratchlm runs.
 
-`import_gguf_run` turns a GGUF file (Llama, Qwen3, Arcee, GPT-NeoX or GPT-2) into an ordinary
-run directory (config.toml, tokenizer.json, a weights-only checkpoint, the chat template), so
-generate, eval and export work on it; `export_gguf_run` writes a run's model back out, in f32, f16 or quantised.
+`import_gguf_run` turns a GGUF file (Llama, Qwen3, Arcee, GPT-NeoX, StableLM, GPT-2) into an
+ordinary run directory (config.toml, tokenizer.json, a weights-only checkpoint, the chat
+template), so generate, eval and export work on it; `export_gguf_run` writes a run's model back
+out, in f32, f16 or quantised.
 """
 
 from __future__ import annotations
