@@ -120,7 +120,9 @@ def test_import_makes_a_run_of_any_architecture(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", [d for d in GGUF_DTYPES if d.startswith("q")])
-@pytest.mark.parametrize("shape", ["llama-gqa-tied", "gptneox-bias-untied", "gpt2-tied"])
+@pytest.mark.parametrize(
+    "shape", ["llama-gqa-tied", "gptneox-bias-untied", "stablelm-tied", "gpt2-tied"]
+)
 def test_quantised_export(tmp_path: Path, shape: str, dtype: str) -> None:
     """Matrices in the chosen blocks (the head in Q8_0 when the rest is 4-bit), vectors and
     GPT-2's position table in f32; each block as gguf.quants makes it; logits near f32's."""
@@ -132,7 +134,8 @@ def test_quantised_export(tmp_path: Path, shape: str, dtype: str) -> None:
     kinds = gguf.GGMLQuantizationType
     chosen = kinds[dtype.upper()]
     tied = model.config.tie_embeddings
-    head = "token_embd.weight" if tied and arch != "gptneox" else "output.weight"
+    # llama.cpp's NeoX and StableLM need output.weight: a tied model's is a copy.
+    head = "token_embd.weight" if tied and arch not in ("gptneox", "stablelm") else "output.weight"
     reader = gguf.GGUFReader(path)
     f32 = {name: t for name, t in read_gguf_f32(tmp_path, run_dir).items()}
     for tensor in reader.tensors:

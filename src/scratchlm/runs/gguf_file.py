@@ -4,8 +4,8 @@ A GGUF file is a header of typed key/value metadata followed by named tensors, e
 one of ggml's types (f32, f16, or a block quantisation such as Q8_0 or Q4_1: 32 weights share a
 scale, and for Q4_1 a minimum, 8 or 4 bits each). We read and write it with the `gguf` package
 (llama.cpp's own Python library). Its content is a Hugging Face model in llama.cpp's names
-(scratchlm.runs.gguf_architectures: Llama, Qwen3, Arcee, GPT-NeoX, GPT-2), so a file reads into
-a config.json dict and HF-named tensors, and is written from the same.
+(scratchlm.runs.gguf_architectures: Llama, Qwen3, Arcee, GPT-NeoX, StableLM, GPT-2), so a file
+reads into a config.json dict and HF-named tensors, and is written from the same.
 
 GGUF lists a tensor's dimensions innermost first ([in, out]); numpy's order is [out, in], which
 is already nn.Linear's, so no transpose is needed.
@@ -249,7 +249,7 @@ def write_gguf(
     arch = gguf_architecture(config)
     vocab_size = int(config["vocab_size"])
     check_ids_fit(tokenizer, vocab_size)
-    tied = bool(config.get("tie_word_embeddings", False))
+    tied = bool(config.get("tie_word_embeddings", "lm_head.weight" not in state_dict))
     # A tied model's head is token_embd itself; llama.cpp reuses it when output is absent.
     state = {
         k: v
@@ -263,8 +263,10 @@ def write_gguf(
         writer.add_file_type(_file_types()[dtype])
         add_hparams(writer, config)
         add_tokenizer_metadata(writer, tokenizer, vocab_size, config, chat_template)
-        head = "output.weight" if not tied or arch == "gptneox" else "token_embd.weight"
-        for gguf_name, tensor in gguf_tensors(config, state):
+        tensors = dict(gguf_tensors(config, state))
+        # The output projection: token_embd itself when the file has no output.weight.
+        head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+        for gguf_name, tensor in tensors.items():
             array = tensor.numpy()
             kind = _stored_type(gguf_name, array, dtype, head)
             if kind == gguf.GGMLQuantizationType.F32:
