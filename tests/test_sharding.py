@@ -277,8 +277,10 @@ TINY = ["--config", "configs/tiny.toml", "--out_dir", "runs", "--train.max_steps
         "--sample.max_new_tokens", "4", "--no-samples"]  # fmt: skip
 
 
-# Each runs three torchrun jobs (~40 s); tp stays in the default suite, fsdp is slow.
-@pytest.mark.parametrize("parallel", [pytest.param("fsdp", marks=pytest.mark.slow), "tp"])
+# Each runs three torchrun jobs (~25-40 s): both in `make test-slow` (CI runs it), to keep the
+# default suite inside its 15 minutes; tests/test_distributed.py keeps a torchrun job there.
+@pytest.mark.parametrize("parallel", ["fsdp", "tp"])
+@pytest.mark.slow
 def test_torchrun_sharded_run_trains_resumes_exactly_and_one_process_reads_it(
     tmp_path: Path, parallel: str
 ) -> None:
