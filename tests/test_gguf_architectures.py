@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from random_models import random_gpt
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig
@@ -65,11 +66,7 @@ def tiny_run(tmp_path: Path, options: dict[str, Any], seed: int = 0) -> tuple[Pa
     config = ModelConfig(
         vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=64, **options
     )
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():  # gains and biases away from 1 and 0, so that they are tested too
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = random_gpt(config, seed)
     run_dir = tmp_path / "run"
     save_imported_run(run_dir, model, tokenizer, source="test")
     return run_dir, model
@@ -137,12 +134,12 @@ def test_quantised_export(tmp_path: Path, shape: str, dtype: str) -> None:
     # llama.cpp's NeoX and StableLM need output.weight: a tied model's is a copy.
     head = "token_embd.weight" if tied and arch not in ("gptneox", "stablelm") else "output.weight"
     reader = gguf.GGUFReader(path)
-    f32 = {name: t for name, t in read_gguf_f32(tmp_path, run_dir).items()}
+    f32 = read_gguf_f32(tmp_path, run_dir)
     for tensor in reader.tensors:
         want = chosen
         if tensor.name == head and dtype != "q8_0":
             want = kinds.Q8_0
-        if len(tensor.shape) == 1 or tensor.name in ("position_embd.weight",):
+        if len(tensor.shape) == 1 or tensor.name == "position_embd.weight":
             want = kinds.F32
         assert tensor.tensor_type == want, tensor.name
         if want not in (kinds.F32, kinds.F16):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from random_models import logits_of, random_gpt
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.inference.generate import generate_tokens
 from scratchlm.model import GPT
@@ -59,21 +60,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "stablelm-gqa-untied": dict(STABLELM, n_kv_head=2, tie_embeddings=False, rope_base=500.0,
                                 norm_eps=1e-6),
 }  # fmt: skip
-
-
-def random_gpt(config: ModelConfig, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():  # norm gains and biases away from 1 and 0, so they are tested too
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-def logits_of(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(idx)
-    return out.logits if hasattr(out, "logits") else out[0]
 
 
 def check_in_transformers(ours: GPT, folder: Path, arch: str) -> None:

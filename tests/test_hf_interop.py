@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from random_models import logits_of, random_gpt
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model import GPT
 from scratchlm.model.config import ModelConfig, model_preset
@@ -46,24 +47,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
-def random_gpt(shape: str, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(**{**BASE, **SHAPES[shape]})).eval()
-    with torch.no_grad():  # norm gains and biases away from 1 and 0, so they are tested too
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-def logits_of(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(idx)
-    return out.logits if hasattr(out, "logits") else out[0]
+def random_shape(shape: str, seed: int = 0) -> GPT:
+    return random_gpt(ModelConfig(**{**BASE, **SHAPES[shape]}), seed)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_export_loads_in_transformers_with_the_same_logits(shape: str, tmp_path: Path) -> None:
-    ours = random_gpt(shape)
+    ours = random_shape(shape)
     arch = save_hf_model(ours, tmp_path / "hf")
     assert arch == ("gpt2" if shape.startswith("gpt2") else "llama")
     hf = getattr(transformers, HF_CLASSES[arch]).from_pretrained(tmp_path / "hf").eval()
@@ -189,7 +179,7 @@ def test_a_model_with_no_hf_equivalent_is_refused_naming_the_options(tmp_path: P
 
 
 def test_export_refuses_to_overwrite(tmp_path: Path) -> None:
-    model = random_gpt("gpt2-tied")
+    model = random_shape("gpt2-tied")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "keep.txt").write_text("mine")
     with pytest.raises(ScratchLMError, match="already exists; pass --overwrite"):
@@ -204,7 +194,7 @@ def test_export_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_hf_folders_with_missing_or_wrong_parts_are_one_clear_error(tmp_path: Path) -> None:
     folder = tmp_path / "hf"
-    save_hf_model(random_gpt("llama-gqa-untied"), folder)
+    save_hf_model(random_shape("llama-gqa-untied"), folder)
     (folder / "model.safetensors").rename(tmp_path / "weights")
     with pytest.raises(ScratchLMError, match=r"missing model\.safetensors"):
         load_hf_model(folder)

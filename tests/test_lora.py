@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from random_models import random_gpt
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.finetune.lora import (
     LoRALinear,
@@ -53,12 +54,7 @@ PEFT_SHAPES: dict[str, dict[str, Any]] = {
 
 
 def tiny_gpt(shape: str = "llama-gqa", seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(**{**BASE, **PEFT_SHAPES[shape]})).eval()
-    with torch.no_grad():  # norm gains and biases away from 1 and 0
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return random_gpt(ModelConfig(**{**BASE, **PEFT_SHAPES[shape]}), seed)
 
 
 def randomize_adapters(model: GPT, seed: int = 1) -> None:

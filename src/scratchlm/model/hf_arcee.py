@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.hf_fields import requirements
 from scratchlm.model.hf_llama import llama_config_to_model_config, model_config_to_llama_config
 
 MODEL_TYPE = "arcee"
@@ -27,15 +28,9 @@ MODEL_TYPE = "arcee"
 def arcee_requirements(config: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """What Arcee computes, as {option: (this config's value, the value Arcee needs)}.
     Grouped-query attention, widths, eps, RoPE base and scaling and tied embeddings are free."""
-    return {
-        "pos_encoding": (config.pos_encoding, "rope"),
-        "norm": (config.norm, "rmsnorm"),
-        "mlp": (config.mlp, "relu2"),
-        "qk_norm": (config.qk_norm, False),
-        "bias": (config.bias, False),
-        "sliding_window": (config.sliding_window, 0),
-        "logit_softcap": (config.logit_softcap, 0.0),
-    }
+    return requirements(
+        config, pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=False, bias=False
+    )
 
 
 def model_config_to_arcee_config(config: ModelConfig) -> dict[str, Any]:

@@ -48,7 +48,13 @@ from scratchlm.core.user_paths import refuse_existing
 from scratchlm.model import hf_arcee, hf_neox, hf_qwen3, hf_stablelm
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_fields import CONFIG_FILE, expect_field, int_field, validated_config
+from scratchlm.model.hf_fields import (
+    CONFIG_FILE,
+    expect_field,
+    int_field,
+    requirements,
+    validated_config,
+)
 from scratchlm.model.hf_llama import (
     gpt_names_from_llama,
     llama_config_to_model_config,
@@ -108,25 +114,10 @@ def hf_export_problem(config: ModelConfig) -> str | None:
 def _requirements(config: ModelConfig) -> dict[Architecture, dict[str, tuple[Any, Any]]]:
     """Per architecture, {option: (the config's value, the value that architecture needs)}."""
 
-    common = {
-        "sliding_window": (config.sliding_window, 0),
-        "logit_softcap": (config.logit_softcap, 0.0),
-    }
-    gpt2 = {
-        "pos_encoding": (config.pos_encoding, "learned"),
-        "norm": (config.norm, "layernorm"),
-        "mlp": (config.mlp, "gelu"),
-        "qk_norm": (config.qk_norm, False),
-        "n_kv_head": (config.kv_heads, config.n_head),
-        **common,
-    }
-    llama = {
-        "pos_encoding": (config.pos_encoding, "rope"),
-        "norm": (config.norm, "rmsnorm"),
-        "mlp": (config.mlp, "swiglu"),
-        "qk_norm": (config.qk_norm, False),
-        **common,
-    }
+    gpt2 = requirements(
+        config, multi_head=True, pos_encoding="learned", norm="layernorm", mlp="gelu", qk_norm=False
+    )
+    llama = requirements(config, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=False)
     return {
         "gpt2": gpt2,
         "llama": llama,

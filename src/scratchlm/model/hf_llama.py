@@ -15,7 +15,14 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_fields import CONFIG_FILE, expect_field, int_field, validated_config
+from scratchlm.model.hf_fields import (
+    CONFIG_FILE,
+    decoder_config,
+    decoder_shape,
+    expect_field,
+    take_tensor,
+    validated_config,
+)
 
 
 def model_config_to_llama_config(config: ModelConfig) -> dict[str, Any]:
@@ -34,25 +41,18 @@ def model_config_to_llama_config(config: ModelConfig) -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
+        **decoder_config(config),
         "num_key_value_heads": config.kv_heads,
         "head_dim": config.head_dim,
-        "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
         "hidden_act": "silu",
         "attention_bias": config.bias,
         "mlp_bias": config.bias,
         "attention_dropout": config.dropout,
-        "tie_word_embeddings": config.tie_embeddings,
         # transformers 5 reads rope_parameters; 4.x read rope_theta and rope_scaling.
         "rope_parameters": rope,
         "rope_theta": config.rope_base,
         **({"rope_scaling": rope} if config.rope_scaling == "llama3" else {}),
-        "torch_dtype": "float32",
     }
 
 
@@ -68,8 +68,8 @@ def llama_config_to_model_config(
     """A ModelConfig from a Llama config.json (transformers 4.x or 5.x keys), or with
     mlp="relu2" from an Arcee one (the same keys, hidden_act "relu2")."""
     expect_field(hf, "hidden_act", (HIDDEN_ACT[mlp],), where, HIDDEN_ACT[mlp])
-    n_embd = int_field(hf, "hidden_size", where)
-    n_head = int_field(hf, "num_attention_heads", where)
+    shape = decoder_shape(hf, where)
+    n_embd, n_head = shape["n_embd"], shape["n_head"]
     n_kv_head = int(hf.get("num_key_value_heads") or n_head)
     head_dim = hf.get("head_dim") or n_embd // n_head
     if head_dim * n_head != n_embd:
@@ -104,14 +104,9 @@ def llama_config_to_model_config(
             f"{where}: RoPE scaling {rope_type!r} is not supported (only 'default' and 'llama3')"
         )
     config = ModelConfig(
-        vocab_size=int_field(hf, "vocab_size", where),
-        block_size=int_field(hf, "max_position_embeddings", where),
-        n_layer=int_field(hf, "num_hidden_layers", where),
-        n_head=n_head,
+        **shape,
         n_kv_head=0 if n_kv_head == n_head else n_kv_head,  # 0: one per query head
-        n_embd=n_embd,
         mlp=mlp,
-        mlp_hidden=int_field(hf, "intermediate_size", where),
         norm="rmsnorm",
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         bias=attention_bias,
@@ -164,9 +159,7 @@ def gpt_names_from_llama(
     remaining = dict(state)
 
     def take(name: str) -> Tensor:
-        if name not in remaining:
-            raise ScratchLMError(f"{where}: tensor {name} is missing")
-        return remaining.pop(name)
+        return take_tensor(remaining, name, where)
 
     ours: dict[str, Tensor] = {"transformer.wte.weight": take("model.embed_tokens.weight")}
     for i in range(config.n_layer):

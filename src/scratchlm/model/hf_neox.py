@@ -28,7 +28,15 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_fields import expect_field, int_field, validated_config
+from scratchlm.model.hf_fields import (
+    decoder_config,
+    decoder_shape,
+    expect_field,
+    requirements,
+    take_tensor,
+    take_zeros,
+    validated_config,
+)
 
 MODEL_TYPE = "gpt_neox"
 # The tanh approximation of GELU under both of transformers' names (gelu_new computes the same
@@ -39,16 +47,15 @@ TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 def neox_requirements(config: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """What GPT-NeoX computes, as {option: (this config's value, the value NeoX needs)}.
     bias is free (attention_bias), and so are the norm's eps, the widths and tied embeddings."""
-    return {
-        "pos_encoding": (config.pos_encoding, "rope"),
-        "rope_scaling": (config.rope_scaling, "none"),
-        "norm": (config.norm, "layernorm"),
-        "mlp": (config.mlp, "gelu"),
-        "qk_norm": (config.qk_norm, False),
-        "n_kv_head": (config.kv_heads, config.n_head),
-        "sliding_window": (config.sliding_window, 0),
-        "logit_softcap": (config.logit_softcap, 0.0),
-    }
+    return requirements(
+        config,
+        multi_head=True,
+        pos_encoding="rope",
+        rope_scaling="none",
+        norm="layernorm",
+        mlp="gelu",
+        qk_norm=False,
+    )
 
 
 # --- config.json <-> ModelConfig ---------------------------------------------------------------
@@ -59,19 +66,13 @@ def model_config_to_neox_config(config: ModelConfig) -> dict[str, Any]:
     return {
         "architectures": ["GPTNeoXForCausalLM"],
         "model_type": MODEL_TYPE,
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "max_position_embeddings": config.block_size,
+        **decoder_config(config),
         "layer_norm_eps": config.norm_eps,
         "hidden_act": TANH_GELU[0],
         "use_parallel_residual": False,
         "attention_bias": config.bias,
         "attention_dropout": config.dropout,
         "hidden_dropout": config.dropout,
-        "tie_word_embeddings": config.tie_embeddings,
         # transformers 5 reads rope_parameters; 4.x and llama.cpp's converter read rotary_pct
         # and rotary_emb_base. rotary_pct must be written: its default is 0.25.
         "rope_parameters": {
@@ -81,7 +82,6 @@ def model_config_to_neox_config(config: ModelConfig) -> dict[str, Any]:
         },
         "rotary_pct": 1.0,
         "rotary_emb_base": config.rope_base,
-        "torch_dtype": "float32",
     }
 
 
@@ -106,13 +106,8 @@ def neox_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelConfi
         raise ScratchLMError(f"{where}: RoPE scaling {rope_type!r} is not supported for GPT-NeoX")
     rope_base = rope.get("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0)))
     config = ModelConfig(
-        vocab_size=int_field(hf, "vocab_size", where),
-        block_size=int_field(hf, "max_position_embeddings", where),
-        n_layer=int_field(hf, "num_hidden_layers", where),
-        n_head=int_field(hf, "num_attention_heads", where),
-        n_embd=int_field(hf, "hidden_size", where),
+        **decoder_shape(hf, where),
         mlp="gelu",
-        mlp_hidden=int_field(hf, "intermediate_size", where),
         norm="layernorm",
         norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
         bias=bool(hf.get("attention_bias", True)),  # GPTNeoXConfig's default
@@ -179,19 +174,13 @@ def gpt_names_from_neox(
     remaining = dict(state)
 
     def take(name: str) -> Tensor:
-        if name not in remaining:
-            raise ScratchLMError(f"{where}: tensor {name} is missing")
-        return remaining.pop(name)
+        return take_tensor(remaining, name, where)
 
     def take_bias(name: str) -> Tensor | None:
-        tensor = take(name)
         if config.bias:
-            return tensor
-        if torch.count_nonzero(tensor):
-            raise ScratchLMError(
-                f"{where}: {name} is not zero but attention_bias is false; scratchlm has one "
-                "bias switch for all layers"
-            )
+            return take(name)
+        why = "attention_bias is false, and scratchlm has one bias switch for all layers"
+        take_zeros(remaining, name, where, why)
         return None
 
     ours: dict[str, Tensor] = {"transformer.wte.weight": take("gpt_neox.embed_in.weight")}

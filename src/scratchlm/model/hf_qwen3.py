@@ -23,7 +23,7 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_fields import validated_config
+from scratchlm.model.hf_fields import requirements, take_tensor, validated_config
 from scratchlm.model.hf_llama import (
     gpt_names_from_llama,
     llama_config_to_model_config,
@@ -38,16 +38,15 @@ _NORMS = ("q_norm", "k_norm")
 def qwen3_requirements(config: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """What Qwen3 computes, as {option: (this config's value, the value Qwen3 needs)}.
     Grouped-query attention, widths, eps and tied embeddings are free."""
-    return {
-        "pos_encoding": (config.pos_encoding, "rope"),
-        "rope_scaling": (config.rope_scaling, "none"),
-        "norm": (config.norm, "rmsnorm"),
-        "mlp": (config.mlp, "swiglu"),
-        "qk_norm": (config.qk_norm, True),
-        "bias": (config.bias, False),
-        "sliding_window": (config.sliding_window, 0),
-        "logit_softcap": (config.logit_softcap, 0.0),
-    }
+    return requirements(
+        config,
+        pos_encoding="rope",
+        rope_scaling="none",
+        norm="rmsnorm",
+        mlp="swiglu",
+        qk_norm=True,
+        bias=False,
+    )
 
 
 # --- config.json <-> ModelConfig ---------------------------------------------------------------
@@ -119,7 +118,5 @@ def gpt_names_from_qwen3(
     for i in range(config.n_layer):
         for norm in _NORMS:
             name = f"model.layers.{i}.self_attn.{norm}.weight"
-            if name not in remaining:
-                raise ScratchLMError(f"{where}: tensor {name} is missing")
-            ours[f"transformer.h.{i}.attn.{norm}.weight"] = remaining.pop(name)
+            ours[f"transformer.h.{i}.attn.{norm}.weight"] = take_tensor(remaining, name, where)
     return {**gpt_names_from_llama(config, remaining, where), **ours}

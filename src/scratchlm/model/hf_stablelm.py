@@ -23,7 +23,14 @@ from torch import Tensor
 from scratchlm.core.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.model.hf_fields import expect_field, int_field, validated_config
+from scratchlm.model.hf_fields import (
+    decoder_config,
+    decoder_shape,
+    expect_field,
+    requirements,
+    take_zeros,
+    validated_config,
+)
 from scratchlm.model.hf_llama import gpt_names_from_llama, llama_state_dict_from_gpt
 
 MODEL_TYPE = "stablelm"
@@ -32,16 +39,15 @@ MODEL_TYPE = "stablelm"
 def stablelm_requirements(config: ModelConfig) -> dict[str, tuple[Any, Any]]:
     """What StableLM computes, as {option: (this config's value, the value StableLM needs)}.
     Grouped-query attention, widths, eps, RoPE base and tied embeddings are free."""
-    return {
-        "pos_encoding": (config.pos_encoding, "rope"),
-        "rope_scaling": (config.rope_scaling, "none"),
-        "norm": (config.norm, "layernorm"),
-        "mlp": (config.mlp, "swiglu"),
-        "qk_norm": (config.qk_norm, False),
-        "bias": (config.bias, False),
-        "sliding_window": (config.sliding_window, 0),
-        "logit_softcap": (config.logit_softcap, 0.0),
-    }
+    return requirements(
+        config,
+        pos_encoding="rope",
+        rope_scaling="none",
+        norm="layernorm",
+        mlp="swiglu",
+        qk_norm=False,
+        bias=False,
+    )
 
 
 # --- config.json <-> ModelConfig ---------------------------------------------------------------
@@ -52,13 +58,8 @@ def model_config_to_stablelm_config(config: ModelConfig) -> dict[str, Any]:
     return {
         "architectures": ["StableLmForCausalLM"],
         "model_type": MODEL_TYPE,
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
+        **decoder_config(config),
         "num_key_value_heads": config.kv_heads,
-        "max_position_embeddings": config.block_size,
         "layer_norm_eps": config.norm_eps,
         "hidden_act": "silu",
         "use_qkv_bias": False,
@@ -66,7 +67,6 @@ def model_config_to_stablelm_config(config: ModelConfig) -> dict[str, Any]:
         "use_parallel_residual": False,
         "hidden_dropout": config.dropout,
         "attention_dropout": config.dropout,
-        "tie_word_embeddings": config.tie_embeddings,
         # transformers 5 reads rope_parameters; 4.x and llama.cpp's converter the top-level keys.
         "rope_parameters": {
             "rope_type": "default",
@@ -75,7 +75,6 @@ def model_config_to_stablelm_config(config: ModelConfig) -> dict[str, Any]:
         },
         "rope_theta": config.rope_base,
         "partial_rotary_factor": 1.0,
-        "torch_dtype": "float32",
     }
 
 
@@ -98,17 +97,12 @@ def stablelm_config_to_model_config(hf: Mapping[str, Any], where: str) -> ModelC
             raise ScratchLMError(
                 f"{where}: {key} = {have!r} is not supported for StableLM (scratchlm needs {want!r})"
             )
-    n_head = int_field(hf, "num_attention_heads", where)
-    n_kv_head = int(hf.get("num_key_value_heads") or n_head)
+    shape = decoder_shape(hf, where)
+    n_kv_head = int(hf.get("num_key_value_heads") or shape["n_head"])
     config = ModelConfig(
-        vocab_size=int_field(hf, "vocab_size", where),
-        block_size=int_field(hf, "max_position_embeddings", where),
-        n_layer=int_field(hf, "num_hidden_layers", where),
-        n_head=n_head,
-        n_kv_head=0 if n_kv_head == n_head else n_kv_head,
-        n_embd=int_field(hf, "hidden_size", where),
+        **shape,
+        n_kv_head=0 if n_kv_head == shape["n_head"] else n_kv_head,
         mlp="swiglu",
-        mlp_hidden=int_field(hf, "intermediate_size", where),
         norm="layernorm",
         norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
         bias=False,
@@ -148,12 +142,6 @@ def gpt_names_from_stablelm(
     (our bias-free LayerNorms have none), then Llama's."""
     remaining = dict(state)
     for norm in _norms(config):
-        bias = remaining.pop(f"{norm}.bias", None)
-        if bias is None:
-            raise ScratchLMError(f"{where}: tensor {norm}.bias is missing")
-        if torch.count_nonzero(bias):
-            raise ScratchLMError(
-                f"{where}: {norm}.bias is not zero; scratchlm's StableLM-shaped models have no "
-                "biases (one switch for all layers)"
-            )
+        why = "scratchlm's StableLM-shaped models have no biases (one switch for all layers)"
+        take_zeros(remaining, f"{norm}.bias", where, why)
     return gpt_names_from_llama(config, remaining, where)
